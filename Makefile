@@ -1,0 +1,75 @@
+# The two commands: `make run` and `make test` each do all set-up on a fresh
+# Debian 12 machine (packages, virtual environment, BPF objects) first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BUILD := build
+OBJDIR := src/ecapture/objects
+BPF_SOURCES := $(wildcard bpf/*.bpf.c)
+BPF_OBJECTS := $(patsubst bpf/%.bpf.c,$(OBJDIR)/%.bpf.o,$(BPF_SOURCES))
+CLANG ?= clang
+ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
+
+# Build tools and the real programs the tests and benchmarks drive (TARGETS.md).
+APT_PACKAGES := clang llvm libbpf-dev bpftool make curl openssl ca-certificates \
+	nginx nghttp2-server nghttp2-client wrk bpftrace bpfcc-tools \
+	android-libboringssl android-boringssl procps
+STAMP_APT := $(BUILD)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
+STAMP_VENV := $(VENV)/.installed
+
+.PHONY: all setup deps venv bpf run test unit e2e lint typecheck bench clean
+
+all: bpf
+
+setup: deps venv bpf
+
+deps: $(STAMP_APT)
+$(STAMP_APT):
+	@mkdir -p $(BUILD)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then echo "need root to install: $$missing" >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+venv: $(STAMP_VENV)
+$(STAMP_VENV): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	@touch $@
+
+# vmlinux.h comes from this kernel's BTF at build time; never committed.
+$(BUILD)/vmlinux.h:
+	@mkdir -p $(BUILD)
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+bpf: $(BPF_OBJECTS)
+$(OBJDIR)/%.bpf.o: bpf/%.bpf.c bpf/events.h $(BUILD)/vmlinux.h
+	@mkdir -p $(OBJDIR)
+	$(CLANG) -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \
+		-I$(BUILD) -Ibpf -c $< -o $@
+	llvm-strip -g $@ -o $@.stripped 2>/dev/null && mv $@.stripped $@ || true
+
+run: deps venv bpf
+	$(VENV)/bin/ecapture tls $(ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+
+typecheck: venv
+	$(VENV)/bin/mypy src
+
+unit: deps venv bpf
+	$(VENV)/bin/pytest -q tests/unit
+
+test: deps venv bpf lint typecheck
+	$(VENV)/bin/pytest -q tests
+
+bench: deps venv bpf
+	$(VENV)/bin/python -m bench $(ARGS)
+
+clean:
+	rm -rf $(BUILD) $(OBJDIR) dist

@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-3-Clause */
+/*
+ * The one declaration of every record the BPF programs hand to user space.
+ * src/ecapture/events.py decodes these; tests/unit/test_events_layout.py
+ * compares its struct formats with the BTF of the built objects, so a change
+ * here that is not mirrored there fails the build's tests.
+ */
+#ifndef ECAPTURE_EVENTS_H
+#define ECAPTURE_EVENTS_H
+
+#define TASK_COMM_LEN 16
+/* One ring record carries at most this much payload; larger calls are split
+ * into consecutive chunks (same call_id, increasing offset). Power of two so
+ * that masking bounds the length for the verifier. */
+#define MAX_CHUNK_SIZE 16384
+
+enum record_kind {
+	RECORD_TLS_DATA = 1,	/* struct tls_data_event */
+	RECORD_CONN_CLOSE = 2,	/* struct conn_close_event */
+};
+
+enum direction {
+	DIRECTION_RECV = 0,
+	DIRECTION_SEND = 1,
+};
+
+/* flags of struct tls_data_event */
+#define DATA_FLAG_LAST_CHUNK	(1 << 0)	/* no further chunk of this call */
+#define DATA_FLAG_TRUNCATED	(1 << 1)	/* the call returned more than was copied */
+
+/* Fields every record starts with. */
+struct record_header {
+	__u32 kind;		/* enum record_kind */
+	__u32 pid;		/* tgid */
+	__u32 tid;
+	__u32 uid;
+	__u64 timestamp_ns;	/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 conn_id;		/* the SSL* of the connection */
+	char comm[TASK_COMM_LEN];
+};
+
+/* Address of one end of a socket; family 0 when unknown. */
+struct sock_addr {
+	__u16 family;		/* AF_INET / AF_INET6, 0 = unknown */
+	__u16 port;		/* host byte order */
+	__u8 addr[16];		/* IPv4 in the first 4 bytes */
+};
+
+struct tls_data_event {
+	struct record_header header;
+	__s32 fd;		/* -1 when not known yet */
+	__u8 direction;		/* enum direction */
+	__u8 flags;		/* DATA_FLAG_* */
+	__u16 _pad0;
+	__u64 call_id;		/* increases per SSL call (per CPU); chunks of one call share it */
+	__u64 call_len;		/* bytes the SSL call returned */
+	__u64 offset;		/* offset of data[] within the call's buffer */
+	__u32 data_len;		/* bytes in data[] */
+	__u32 lost_records;	/* records of this connection lost just before this one */
+	__u64 lost_bytes;	/* payload bytes in those lost records */
+	struct sock_addr local;
+	struct sock_addr remote;
+	__u8 data[MAX_CHUNK_SIZE];	/* only data_len bytes are submitted */
+};
+
+struct conn_close_event {
+	struct record_header header;
+	__s32 fd;
+	__u32 lost_records;	/* lost records of this connection not yet reported */
+	__u64 lost_bytes;
+};
+
+/* Indexes of the per-CPU "stats" array: counters user space sums. */
+enum stat_index {
+	STAT_RECORDS = 0,		/* records submitted */
+	STAT_RING_FULL_RECORDS = 1,	/* records lost: ring reservation failed */
+	STAT_RING_FULL_BYTES = 2,	/* payload bytes in those */
+	STAT_TRUNCATED_CALLS = 3,	/* calls cut at the per-call limit */
+	STAT_TRUNCATED_BYTES = 4,	/* bytes not copied because of it */
+	STAT_READ_FAULTS = 5,		/* bpf_probe_read_user failed */
+	STAT_MAX = 8,
+};
+
+#endif

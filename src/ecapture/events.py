@@ -1,0 +1,216 @@
+"""Typed records decoded from the kernel structs of bpf/events.h.
+
+One decoder per struct; `tests/unit/test_events_layout.py` checks every
+format below against the BTF of the built BPF objects. Records are frozen and
+slotted: the rest of the pipeline only reads them.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+from ecapture.errors import DecodeError
+
+# struct record_header: kind, pid, tid, uid, timestamp_ns, conn_id, comm[16]
+RECORD_HEADER = struct.Struct("<4IQQ16s")
+# struct tls_data_event after its header, up to data[]:
+# fd, direction, flags, _pad0, call_id, call_len, offset, data_len,
+# lost_records, lost_bytes, local{family, port, addr}, remote{...}
+TLS_DATA_FIELDS = struct.Struct("<iBBxxQQQIIQHH16sHH16s")
+TLS_DATA_HEADER_SIZE = RECORD_HEADER.size + TLS_DATA_FIELDS.size
+# struct conn_close_event after its header: fd, lost_records, lost_bytes
+CONN_CLOSE_FIELDS = struct.Struct("<iIQ")
+CONN_CLOSE_SIZE = RECORD_HEADER.size + CONN_CLOSE_FIELDS.size
+KIND = struct.Struct("<I")
+
+MAX_CHUNK_SIZE = 16384  # bpf/events.h MAX_CHUNK_SIZE
+
+
+class RecordKind(enum.IntEnum):
+    TLS_DATA = 1
+    CONN_CLOSE = 2
+
+
+class Direction(enum.IntEnum):
+    """Direction of a payload as seen by the traced process."""
+
+    RECV = 0
+    SEND = 1
+
+    @property
+    def label(self) -> str:
+        return "send" if self is Direction.SEND else "recv"
+
+
+DATA_FLAG_LAST_CHUNK = 1 << 0
+DATA_FLAG_TRUNCATED = 1 << 1
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One end of a connection."""
+
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+
+
+def decode_endpoint(family: int, port: int, raw: bytes) -> Endpoint | None:
+    """struct sock_addr -> Endpoint; None when the kernel did not know it."""
+    if family == socket.AF_INET:
+        return Endpoint(str(ipaddress.IPv4Address(raw[:4])), port)
+    if family == socket.AF_INET6:
+        address = ipaddress.IPv6Address(raw)
+        mapped = address.ipv4_mapped
+        return Endpoint(str(mapped if mapped is not None else address), port)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class TlsData:
+    """One chunk of plaintext that an SSL read or write call moved.
+
+    A call larger than MAX_CHUNK_SIZE arrives as consecutive chunks sharing
+    `call_id`, with increasing `offset`; the last one has `last_chunk` set.
+    """
+
+    timestamp_ns: int  # ns since the epoch
+    pid: int
+    tid: int
+    uid: int
+    comm: str
+    conn_id: int  # identifies the TLS connection (its SSL* in the process)
+    fd: int  # -1 when unknown
+    direction: Direction
+    call_id: int
+    call_len: int  # bytes the call returned, the whole call
+    offset: int  # offset of `data` within the call
+    data: bytes
+    last_chunk: bool
+    truncated: bool  # the call returned more than the kernel copied
+    local: Endpoint | None
+    remote: Endpoint | None
+    lost_records: int  # records of this connection lost just before this one
+    lost_bytes: int
+
+    @property
+    def src(self) -> Endpoint | None:
+        return self.local if self.direction is Direction.SEND else self.remote
+
+    @property
+    def dst(self) -> Endpoint | None:
+        return self.remote if self.direction is Direction.SEND else self.local
+
+
+@dataclass(frozen=True, slots=True)
+class ConnClose:
+    """The traced process closed the socket of a TLS connection."""
+
+    timestamp_ns: int
+    pid: int
+    tid: int
+    uid: int
+    comm: str
+    conn_id: int
+    fd: int
+    lost_records: int
+    lost_bytes: int
+
+
+class LossReason(enum.StrEnum):
+    RING_FULL = "ring_full"  # the kernel could not reserve ring space
+    KERNEL_LIMIT = "kernel_limit"  # a call was larger than the per-call copy limit
+    TSIZE = "tsize"  # cut for display by -t/--tsize
+    QUEUE_FULL = "queue_full"  # a user-space queue was full
+    PARSER = "parser"  # a parser gave up on a stream (bounded buffer)
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """Records or bytes that did not reach the output, and where.
+
+    `conn_id`/`pid` are set when the loss is known for one connection; a
+    loss counted only globally (kernel per-CPU counters) has them None.
+    """
+
+    timestamp_ns: int
+    reason: LossReason
+    records: int
+    bytes: int
+    pid: int | None = None
+    comm: str | None = None
+    conn_id: int | None = None
+    fd: int | None = None
+
+
+Record = TlsData | ConnClose
+
+
+class Clock:
+    """Turns bpf_ktime_get_ns() (CLOCK_MONOTONIC) into ns since the epoch."""
+
+    __slots__ = ("offset_ns",)
+
+    def __init__(self, offset_ns: int | None = None) -> None:
+        if offset_ns is None:
+            offset_ns = time.time_ns() - time.monotonic_ns()
+        self.offset_ns = offset_ns
+
+    def to_epoch(self, monotonic_ns: int) -> int:
+        return monotonic_ns + self.offset_ns
+
+
+def _comm(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+
+
+def decode_record(raw: bytes | memoryview, clock: Clock) -> Record:
+    """Decode one ring-buffer sample; raise DecodeError when malformed."""
+    if len(raw) < RECORD_HEADER.size:
+        raise DecodeError(
+            f"record of {len(raw)} bytes is shorter than its {RECORD_HEADER.size}-byte header"
+        )
+    kind, pid, tid, uid, ts, conn_id, comm = RECORD_HEADER.unpack_from(raw)
+    if kind == RecordKind.TLS_DATA:
+        if len(raw) < TLS_DATA_HEADER_SIZE:
+            raise DecodeError(
+                f"tls_data_event of {len(raw)} bytes is shorter than its "
+                f"{TLS_DATA_HEADER_SIZE}-byte header"
+            )
+        (fd, direction, flags, call_id, call_len, offset, data_len, lost_records,
+         lost_bytes, lfam, lport, laddr, rfam, rport, raddr) = TLS_DATA_FIELDS.unpack_from(
+            raw, RECORD_HEADER.size
+        )
+        end = TLS_DATA_HEADER_SIZE + data_len
+        if data_len > MAX_CHUNK_SIZE or len(raw) < end:
+            raise DecodeError(
+                f"tls_data_event claims {data_len} payload bytes but carries "
+                f"{len(raw) - TLS_DATA_HEADER_SIZE}"
+            )
+        return TlsData(
+            timestamp_ns=clock.to_epoch(ts), pid=pid, tid=tid, uid=uid, comm=_comm(comm),
+            conn_id=conn_id, fd=fd, direction=Direction(direction & 1), call_id=call_id,
+            call_len=call_len, offset=offset, data=bytes(raw[TLS_DATA_HEADER_SIZE:end]),
+            last_chunk=bool(flags & DATA_FLAG_LAST_CHUNK),
+            truncated=bool(flags & DATA_FLAG_TRUNCATED),
+            local=decode_endpoint(lfam, lport, laddr), remote=decode_endpoint(rfam, rport, raddr),
+            lost_records=lost_records, lost_bytes=lost_bytes,
+        )
+    if kind == RecordKind.CONN_CLOSE:
+        if len(raw) < CONN_CLOSE_SIZE:
+            raise DecodeError(
+                f"conn_close_event of {len(raw)} bytes is shorter than {CONN_CLOSE_SIZE}"
+            )
+        fd, lost_records, lost_bytes = CONN_CLOSE_FIELDS.unpack_from(raw, RECORD_HEADER.size)
+        return ConnClose(
+            timestamp_ns=clock.to_epoch(ts), pid=pid, tid=tid, uid=uid, comm=_comm(comm),
+            conn_id=conn_id, fd=fd, lost_records=lost_records, lost_bytes=lost_bytes,
+        )
+    raise DecodeError(f"unknown record kind {kind} ({len(raw)} bytes)")

@@ -1,0 +1,90 @@
+"""What the processor hands to the outputs: parsed messages and pass-through.
+
+Writers (src/ecapture/output/) format these; parsers (this package) build
+them. Header names and values stay bytes: raw bytes are the truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ecapture.events import Endpoint, TlsData
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """Who owns a connection, as the first event of the connection told it."""
+
+    pid: int
+    comm: str
+    uid: int
+    fd: int
+    conn_id: int
+    client: Endpoint | None  # the side that sent the request
+    server: Endpoint | None
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcMessage:
+    """One length-prefixed gRPC message (gRPC over HTTP/2, PROTOCOL-HTTP2.md)."""
+
+    compressed: bool
+    data: bytes  # as on the wire (still compressed when `compressed`)
+    decoded: bytes | None = None  # decompressed with grpc-encoding, when it could be
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    method: str
+    target: str  # request-target (path and query) or :path
+    authority: str | None  # Host header or :authority
+    scheme: str | None  # :scheme for HTTP/2, None for HTTP/1
+    version: str  # "HTTP/1.0", "HTTP/1.1", "HTTP/2"
+    headers: Headers
+    body: bytes  # as on the wire, de-chunked but still content-encoded
+    trailers: Headers = ()
+    body_truncated: bool = False  # body larger than the parser keeps
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    reason: str
+    version: str
+    headers: Headers
+    body: bytes
+    trailers: Headers = ()
+    body_truncated: bool = False
+    informational: tuple[int, ...] = ()  # 1xx statuses seen before this one
+
+
+@dataclass(frozen=True, slots=True)
+class HttpExchange:
+    """A request and its response on one connection (one stream for HTTP/2).
+
+    Either side may be None: a stream joined mid-way has no request, a
+    connection closed before the answer has no response.
+    """
+
+    connection: ConnectionInfo
+    request: HttpRequest | None
+    response: HttpResponse | None
+    started_ns: int
+    finished_ns: int
+    stream_id: int | None = None  # HTTP/2 only
+    grpc_request: tuple[GrpcMessage, ...] = field(default=())
+    grpc_response: tuple[GrpcMessage, ...] = field(default=())
+    complete: bool = True  # False when flushed at close/idle before framing ended
+
+
+@dataclass(frozen=True, slots=True)
+class Unparsed:
+    """Bytes of a connection that is not (or no longer) parsed as HTTP."""
+
+    event: TlsData
+    reason: str  # "not-http", "desync", "mid-stream", ...
+
+
+ProcessorItem = HttpExchange | Unparsed
