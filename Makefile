@@ -17,7 +17,7 @@ APT_PACKAGES := clang llvm libbpf-dev bpftool make curl openssl ca-certificates 
 STAMP_APT := $(BUILD)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 STAMP_VENV := $(VENV)/.installed
 
-.PHONY: all setup deps venv bpf run test unit e2e lint typecheck bench clean
+.PHONY: all setup deps venv bpf test-bpf run test unit e2e lint typecheck bench clean
 
 all: bpf
 
@@ -46,12 +46,20 @@ $(BUILD)/vmlinux.h:
 	@mkdir -p $(BUILD)
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
 
+# Small BPF programs that only the tests load (the wrapper's own tests).
+TEST_BPF_SOURCES := $(wildcard tests/bpf/*.bpf.c)
+TEST_BPF_OBJECTS := $(patsubst tests/bpf/%.bpf.c,$(BUILD)/tests/%.bpf.o,$(TEST_BPF_SOURCES))
+$(BUILD)/tests/%.bpf.o: tests/bpf/%.bpf.c bpf/events.h $(BUILD)/vmlinux.h
+	@mkdir -p $(BUILD)/tests
+	$(CLANG) -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) -I$(BUILD) -Ibpf -c $< -o $@
+
+test-bpf: $(TEST_BPF_OBJECTS)
+
 bpf: $(BPF_OBJECTS)
 $(OBJDIR)/%.bpf.o: bpf/%.bpf.c bpf/events.h $(BUILD)/vmlinux.h
 	@mkdir -p $(OBJDIR)
 	$(CLANG) -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \
 		-I$(BUILD) -Ibpf -c $< -o $@
-	llvm-strip -g $@ -o $@.stripped 2>/dev/null && mv $@.stripped $@ || true
 
 run: deps venv bpf
 	$(VENV)/bin/ecapture tls $(ARGS)
@@ -62,10 +70,10 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy src
 
-unit: deps venv bpf
+unit: deps venv bpf test-bpf
 	$(VENV)/bin/pytest -q tests/unit
 
-test: deps venv bpf lint typecheck
+test: deps venv bpf test-bpf lint typecheck
 	$(VENV)/bin/pytest -q tests
 
 bench: deps venv bpf

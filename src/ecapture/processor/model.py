@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ecapture.events import Endpoint, TlsData
+from ecapture.events import Endpoint, Lost, TlsData
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
@@ -87,4 +87,6 @@ class Unparsed:
     reason: str  # "not-http", "desync", "mid-stream", ...
 
 
-ProcessorItem = HttpExchange | Unparsed
+# Lost: a parser gave up on bytes it could not hold (bounded buffers) or
+# skipped after a gap; it says how much and on which connection.
+ProcessorItem = HttpExchange | Unparsed | Lost
