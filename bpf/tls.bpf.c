@@ -1,0 +1,456 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * TLS plaintext capture for OpenSSL and BoringSSL (ecapture tls -m text).
+ *
+ * Entry probes remember, per thread, the SSL* and buffer of a read or write
+ * call; the return probe copies what the call really moved (only for a
+ * positive return value, so retries before the handshake ends give nothing)
+ * into the ring buffer, split into MAX_CHUNK_SIZE chunks.
+ *
+ * No kprobes here: the fd and the socket addresses come from the syscall the
+ * SSL call makes while it runs (raw_tp/sys_enter, filtered first by a lookup
+ * of the thread in `calls`), cached per SSL* so later calls need none.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "events.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+/* Written by the loader before load (0 = no filter): the verifier then
+ * prunes the branches a filter does not need. */
+const volatile __u32 target_pid = 0;
+const volatile __u32 target_uid = 0;
+const volatile __u8 filter_uid = 0;
+/* Bytes copied per SSL call at most; the rest is counted and flagged. */
+const volatile __u64 call_limit = 4 << 20;
+/* Force a reader wake-up once this much is pending; otherwise submit
+ * without waking it (the reader polls): wake-ups are charged to the
+ * traced program (BENCH.md §3). */
+const volatile __u64 wakeup_bytes = 1 << 20;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 << 20);	/* the loader sets --mapsize */
+} events SEC(".maps");
+
+/* An SSL read/write call in flight, per thread (key: pid_tgid). */
+struct call_state {
+	__u64 ssl;
+	__u64 buf;
+	__u64 out_ptr;		/* size_t *written (or *readbytes) of _ex-style calls */
+	__s32 fd;		/* named by the first nested syscall, -1 until then */
+	__u8 direction;
+	__u8 ex;
+	__u16 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct call_state);
+} calls SEC(".maps");
+
+struct conn_key {
+	__u32 pid;
+	__u32 _pad;
+	__u64 ssl;
+};
+
+struct conn_state {
+	__s32 fd;
+	__u32 _pad;
+	__u64 lost_records;	/* not yet reported in-band (64-bit: atomic add) */
+	__u64 lost_bytes;
+	struct sock_addr local;
+	struct sock_addr remote;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct conn_key);
+	__type(value, struct conn_state);
+} conns SEC(".maps");
+
+struct fd_key {
+	__u32 pid;
+	__s32 fd;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct fd_key);
+	__type(value, __u64);	/* the SSL* using this fd */
+} fd_conns SEC(".maps");
+
+/* The record is built here (too large for the stack), then copied into
+ * the ring with its real size. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tls_data_event);
+} scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void stat_add(__u32 index, __u64 value)
+{
+	__u64 *counter = bpf_map_lookup_elem(&stats, &index);
+
+	if (counter)
+		*counter += value;	/* per-CPU: no atomics needed */
+}
+
+static __always_inline bool wanted(__u64 pid_tgid)
+{
+	if (target_pid && (__u32)(pid_tgid >> 32) != target_pid)
+		return false;
+	if (filter_uid && (__u32)bpf_get_current_uid_gid() != target_uid)
+		return false;
+	return true;
+}
+
+static __always_inline __u64 ring_flags(void)
+{
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline int enter(struct pt_regs *ctx, __u8 direction, __u8 ex)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct call_state state = {};
+
+	/* Filtered here so that filtered-out calls cost no map update. */
+	if (!wanted(pid_tgid))
+		return 0;
+	state.ssl = PT_REGS_PARM1(ctx);
+	state.buf = PT_REGS_PARM2(ctx);
+	state.out_ptr = ex ? PT_REGS_PARM4(ctx) : 0;
+	state.fd = -1;
+	state.direction = direction;
+	state.ex = ex;
+	bpf_map_update_elem(&calls, &pid_tgid, &state, BPF_ANY);
+	return 0;
+}
+
+/* (SSL *ssl, const void *buf, int num) -> int bytes written */
+SEC("uprobe")
+int BPF_KPROBE(send_plain_enter)
+{
+	return enter(ctx, DIRECTION_SEND, 0);
+}
+
+/* (SSL *ssl, const void *buf, size_t num, size_t *written) -> int ok */
+SEC("uprobe")
+int BPF_KPROBE(send_ex_enter)
+{
+	return enter(ctx, DIRECTION_SEND, 1);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(recv_plain_enter)
+{
+	return enter(ctx, DIRECTION_RECV, 0);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(recv_ex_enter)
+{
+	return enter(ctx, DIRECTION_RECV, 1);
+}
+
+static __always_inline void read_endpoints(int fd, struct conn_state *conn)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
+	unsigned int max_fds = BPF_CORE_READ(task, files, fdt, max_fds);
+	struct file *file = NULL;
+	struct socket *sock;
+	struct sock *sk;
+	__u16 family;
+
+	if (fd < 0 || (unsigned int)fd >= max_fds)
+		return;
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return;
+	/* Only sockets have addresses; a TLS stream may run over a pipe. */
+	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return;
+	sock = BPF_CORE_READ(file, private_data);
+	if (!sock)
+		return;
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family == AF_INET) {
+		BPF_CORE_READ_INTO(&conn->local.addr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO(&conn->remote.addr, sk, __sk_common.skc_daddr);
+	} else if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&conn->local.addr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&conn->remote.addr, sk, __sk_common.skc_v6_daddr);
+	} else {
+		return;
+	}
+	conn->local.family = family;
+	conn->remote.family = family;
+	conn->local.port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	conn->remote.port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
+static __always_inline void remember_fd(__u32 pid, __u64 ssl, int fd)
+{
+	struct conn_key key = { .pid = pid, .ssl = ssl };
+	struct fd_key fkey = { .pid = pid, .fd = fd };
+	struct conn_state *conn = bpf_map_lookup_elem(&conns, &key);
+	struct conn_state fresh = {};
+
+	if (conn && conn->fd == fd)
+		return;
+	fresh.fd = fd;
+	if (conn) {	/* keep losses not yet reported */
+		fresh.lost_records = conn->lost_records;
+		fresh.lost_bytes = conn->lost_bytes;
+	}
+	read_endpoints(fd, &fresh);
+	bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
+	bpf_map_update_elem(&fd_conns, &fkey, &ssl, BPF_ANY);
+}
+
+static __always_inline void fill_header(struct record_header *header, __u32 kind,
+					__u64 pid_tgid, __u64 ssl)
+{
+	header->kind = kind;
+	header->pid = pid_tgid >> 32;
+	header->tid = (__u32)pid_tgid;
+	header->uid = (__u32)bpf_get_current_uid_gid();
+	header->timestamp_ns = bpf_ktime_get_ns();
+	header->conn_id = ssl;
+	bpf_get_current_comm(&header->comm, sizeof(header->comm));
+}
+
+static __always_inline int on_close(struct pt_regs *regs)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct fd_key fkey = { .pid = pid_tgid >> 32 };
+	struct conn_key key = { .pid = pid_tgid >> 32 };
+	struct conn_close_event *event;
+	struct conn_state *conn;
+	__u64 *ssl;
+
+	if (target_pid && fkey.pid != target_pid)
+		return 0;
+	fkey.fd = (int)PT_REGS_PARM1_CORE_SYSCALL(regs);
+	ssl = bpf_map_lookup_elem(&fd_conns, &fkey);
+	/* Not the socket of a TLS connection we saw. */
+	if (!ssl)
+		return 0;
+	key.ssl = *ssl;
+	bpf_map_delete_elem(&fd_conns, &fkey);
+	conn = bpf_map_lookup_elem(&conns, &key);
+	/* The SSL* moved to another fd since: that connection lives on. */
+	if (!conn || conn->fd != fkey.fd)
+		return 0;
+	event = bpf_ringbuf_reserve(&events, sizeof(*event), 0);
+	if (event) {
+		fill_header(&event->header, RECORD_CONN_CLOSE, pid_tgid, key.ssl);
+		event->fd = fkey.fd;
+		event->lost_records = conn->lost_records;
+		event->lost_bytes = conn->lost_bytes;
+		bpf_ringbuf_submit(event, ring_flags());
+		stat_add(STAT_RECORDS, 1);
+	} else {
+		stat_add(STAT_RING_FULL_RECORDS, 1);
+	}
+	bpf_map_delete_elem(&conns, &key);
+	return 0;
+}
+
+static __always_inline bool is_io_syscall(long id)
+{
+#if defined(__TARGET_ARCH_x86)
+	/* read write readv writev sendto recvfrom sendmsg recvmsg */
+	return id == 0 || id == 1 || id == 19 || id == 20 || (id >= 44 && id <= 47);
+#elif defined(__TARGET_ARCH_arm64)
+	return id == 63 || id == 64 || id == 65 || id == 66 || id == 206 || id == 207 ||
+	       id == 211 || id == 212;
+#else
+#error "syscall numbers for this architecture are missing"
+#endif
+}
+
+static __always_inline bool is_close_syscall(long id)
+{
+#if defined(__TARGET_ARCH_x86)
+	return id == 3;
+#else
+	return id == 57;
+#endif
+}
+
+SEC("raw_tp/sys_enter")
+int sys_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	long id = (long)ctx->args[1];
+	struct call_state *state;
+	__u64 pid_tgid;
+
+	if (is_close_syscall(id))
+		return on_close(regs);
+	/* Every process pays this check; only traced SSL calls go further. */
+	if (!is_io_syscall(id))
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	state = bpf_map_lookup_elem(&calls, &pid_tgid);
+	/* This thread is not inside an SSL call we trace, or the fd is known. */
+	if (!state || state->fd >= 0)
+		return 0;
+	state->fd = (int)PT_REGS_PARM1_CORE_SYSCALL(regs);
+	remember_fd(pid_tgid >> 32, state->ssl, state->fd);
+	return 0;
+}
+
+struct emit_context {
+	__u64 buf;
+	__u64 copy_len;
+	struct conn_key key;
+};
+
+static long emit_chunk(__u32 index, struct emit_context *emit)
+{
+	__u32 zero = 0;
+	struct tls_data_event *event = bpf_map_lookup_elem(&scratch, &zero);
+	struct conn_state *conn;
+	__u64 offset = (__u64)index * MAX_CHUNK_SIZE;
+	__u64 size;
+	__u32 lost_records = 0;
+	__u64 lost_bytes = 0;
+
+	if (!event || offset >= emit->copy_len)
+		return 1;
+	size = emit->copy_len - offset;
+	if (size > MAX_CHUNK_SIZE)
+		size = MAX_CHUNK_SIZE;
+	barrier_var(size);
+	if (size > MAX_CHUNK_SIZE)	/* for the verifier: size is bounded */
+		return 1;
+	event->offset = offset;
+	event->data_len = size;
+	if (offset + size >= emit->copy_len)
+		event->flags |= DATA_FLAG_LAST_CHUNK;
+	if (bpf_probe_read_user(event->data, size, (void *)(emit->buf + offset))) {
+		stat_add(STAT_READ_FAULTS, 1);
+		return 1;
+	}
+	conn = bpf_map_lookup_elem(&conns, &emit->key);
+	if (conn) {
+		lost_records = conn->lost_records;
+		lost_bytes = conn->lost_bytes;
+	}
+	event->lost_records = lost_records;
+	event->lost_bytes = lost_bytes;
+	if (bpf_ringbuf_output(&events, event, sizeof(*event) - MAX_CHUNK_SIZE + size,
+			       ring_flags())) {
+		stat_add(STAT_RING_FULL_RECORDS, 1);
+		stat_add(STAT_RING_FULL_BYTES, size);
+		if (conn) {
+			__sync_fetch_and_add(&conn->lost_records, 1);
+			__sync_fetch_and_add(&conn->lost_bytes, size);
+		}
+		return 0;
+	}
+	stat_add(STAT_RECORDS, 1);
+	if (conn && lost_records) {	/* reported in-band just now */
+		__sync_fetch_and_add(&conn->lost_records, -(__u64)lost_records);
+		__sync_fetch_and_add(&conn->lost_bytes, -lost_bytes);
+	}
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(call_return, int ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct call_state *found = bpf_map_lookup_elem(&calls, &pid_tgid);
+	struct emit_context emit = {};
+	struct conn_state fresh = {};
+	struct tls_data_event *event;
+	struct conn_state *conn;
+	struct call_state call;
+	__u32 zero = 0;
+	__u64 len;
+
+	if (!found)
+		return 0;
+	call = *found;
+	bpf_map_delete_elem(&calls, &pid_tgid);
+	/* Failed, or retried later (e.g. WANT_READ before the handshake
+	 * ends): nothing moved, so nothing is reported. */
+	if (ret <= 0)
+		return 0;
+	if (call.ex) {
+		if (bpf_probe_read_user(&len, sizeof(len), (void *)call.out_ptr)) {
+			stat_add(STAT_READ_FAULTS, 1);
+			return 0;
+		}
+	} else {
+		len = ret;
+	}
+	if (!len)
+		return 0;
+
+	emit.key.pid = pid_tgid >> 32;
+	emit.key.ssl = call.ssl;
+	conn = bpf_map_lookup_elem(&conns, &emit.key);
+	if (!conn) {	/* no syscall named the fd yet: a home for loss counts */
+		fresh.fd = call.fd;
+		bpf_map_update_elem(&conns, &emit.key, &fresh, BPF_NOEXIST);
+		conn = bpf_map_lookup_elem(&conns, &emit.key);
+	}
+	event = bpf_map_lookup_elem(&scratch, &zero);
+	if (!event)
+		return 0;
+	fill_header(&event->header, RECORD_TLS_DATA, pid_tgid, call.ssl);
+	event->fd = call.fd >= 0 ? call.fd : (conn ? conn->fd : -1);
+	event->direction = call.direction;
+	event->flags = 0;
+	event->call_id = event->header.timestamp_ns ^ ((__u64)(__u32)pid_tgid << 32);
+	event->call_len = len;
+	if (conn) {
+		event->local = conn->local;
+		event->remote = conn->remote;
+	} else {
+		__builtin_memset(&event->local, 0, sizeof(event->local));
+		__builtin_memset(&event->remote, 0, sizeof(event->remote));
+	}
+	emit.buf = call.buf;
+	emit.copy_len = len;
+	if (len > call_limit) {
+		emit.copy_len = call_limit;
+		event->flags |= DATA_FLAG_TRUNCATED;
+		stat_add(STAT_TRUNCATED_CALLS, 1);
+		stat_add(STAT_TRUNCATED_BYTES, len - call_limit);
+	}
+	bpf_loop((emit.copy_len + MAX_CHUNK_SIZE - 1) / MAX_CHUNK_SIZE, emit_chunk, &emit, 0);
+	return 0;
+}
