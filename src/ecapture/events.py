@@ -130,6 +130,7 @@ class LossReason(enum.StrEnum):
     TSIZE = "tsize"  # cut for display by -t/--tsize
     QUEUE_FULL = "queue_full"  # a user-space queue was full
     PARSER = "parser"  # a parser gave up on a stream (bounded buffer)
+    DECODE = "decode"  # a record did not match its struct (a bug: reported)
 
 
 @dataclass(frozen=True, slots=True)
