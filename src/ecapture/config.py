@@ -15,7 +15,6 @@ import msgspec
 from ecapture.errors import ConfigError
 
 DEFAULT_MAPSIZE_KIB = 64 * 1024  # BENCH.md: 8 MiB rings lose events under load, 64 MiB did not
-MAX_KERNEL_CALL_BYTES = 1 << 30
 
 
 class OutputFormat(enum.StrEnum):
@@ -96,27 +95,3 @@ class GlobalConfig:
             return msgspec.convert(raw, type=cls)
         except msgspec.ValidationError as error:
             raise ConfigError(f"invalid configuration: {error}") from error
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TlsConfig(GlobalConfig):
-    """`ecapture tls` (alias `openssl`): OpenSSL and BoringSSL."""
-
-    libssl: str | None = None  # None = discover
-    model: CaptureModel = CaptureModel.TEXT
-    keylog_file: str | None = None
-    pcap_file: str | None = None
-    probe_placement: ProbePlacement = ProbePlacement.AUTO
-    kernel_call_limit: int = 4 << 20  # bytes copied per SSL call; more is cut and said
-
-    def __post_init__(self) -> None:
-        GlobalConfig.__post_init__(self)
-        if self.model is not CaptureModel.TEXT:
-            raise ConfigError(
-                f"-m {self.model.value} is not available in this version; use -m text"
-            )
-        if not 0 < self.kernel_call_limit <= MAX_KERNEL_CALL_BYTES:
-            raise ConfigError(
-                f"--kernel-call-limit must be in 1..{MAX_KERNEL_CALL_BYTES}, "
-                f"got {self.kernel_call_limit}"
-            )

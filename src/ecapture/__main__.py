@@ -1,0 +1,7 @@
+"""`python -m ecapture` is the `ecapture` command."""
+
+import sys
+
+from ecapture.cli import main
+
+sys.exit(main())

@@ -1,0 +1,167 @@
+"""`ecapture`: argument parsing only → a typed config → run the module.
+
+eCapture's global flags are accepted before and after the subcommand
+(`ecapture -p 42 tls` and `ecapture tls -p 42`). Every subcommand comes from
+the module registry: a new module brings its own flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from ecapture import __version__
+from ecapture.config import DEFAULT_MAPSIZE_KIB, BtfMode, GlobalConfig, OutputFormat
+from ecapture.errors import ConfigError, EcaptureError
+from ecapture.logs import setup_logging
+from ecapture.modules.base import Module
+from ecapture.modules.registry import ALIASES, load_all, module_class
+from ecapture.output import make_writers
+from ecapture.output.sinks import open_sink
+
+log = logging.getLogger("ecapture")
+
+EXAMPLES = """\
+examples:
+  ecapture tls                              plaintext of every OpenSSL program, as text
+  ecapture tls --format json > events.jsonl one JSON object per line
+  ecapture tls -p 1234 --har flows.har      one process; HTTP exchanges also to a HAR file
+  ecapture tls --libssl /usr/lib/x86_64-linux-gnu/android/libssl.so.0   BoringSSL
+"""
+
+# Global flag → default; the defaults are applied after parsing so that a
+# flag given before the subcommand is not overwritten by the subcommand's.
+GLOBAL_DEFAULTS: dict[str, Any] = {
+    "pid": 0, "uid": None, "hex": False, "tsize": 0, "mapsize": DEFAULT_MAPSIZE_KIB,
+    "btf": 0, "btf_file": None, "debug": False, "logaddr": None, "eventaddr": None,
+    "format": "text", "har": None, "color": "auto",
+}
+
+
+def _add_global_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("global flags (before or after the command)")
+    add = group.add_argument
+    suppress = argparse.SUPPRESS
+    add("-p", "--pid", type=int, default=suppress, metavar="PID",
+        help="capture this process only (default: every process)")
+    add("-u", "--uid", type=int, default=suppress, metavar="UID",
+        help="capture this user's processes only (default: every user)")
+    add("--hex", action="store_true", default=suppress,
+        help="show payloads as a hex dump (text format)")
+    add("-t", "--tsize", type=int, default=suppress, metavar="BYTES",
+        help="show at most BYTES of each payload; cut ones are flagged and counted "
+        "(default 0 = all)")
+    add("--mapsize", type=int, default=suppress, metavar="KIB",
+        help=f"ring buffer size in KiB, a power of two (default {DEFAULT_MAPSIZE_KIB})")
+    add("-b", "--btf", type=int, default=suppress, choices=[m.value for m in BtfMode],
+        help="BTF mode: 0 auto (default), 1 CO-RE; 2 (non-CO-RE) is not supported")
+    add("--btf-file", default=suppress, metavar="PATH",
+        help="kernel BTF to use instead of /sys/kernel/btf/vmlinux")
+    add("-d", "--debug", action="store_true", default=suppress,
+        help="debug logs, libbpf's included")
+    add("-l", "--logaddr", default=suppress, metavar="ADDR",
+        help="send logs to a file or tcp://host:port instead of stderr")
+    add("--eventaddr", default=suppress, metavar="ADDR",
+        help="send events to a file (created 0600) or tcp://host:port instead of stdout")
+    add("--format", default=suppress, choices=[f.value for f in OutputFormat],
+        help="text: readable blocks (default); json: one JSON object per line")
+    add("--har", default=suppress, metavar="FILE",
+        help="also write every HTTP exchange to a HAR 1.2 file (created 0600)")
+    add("--color", default=suppress, choices=["auto", "always", "never"],
+        help="colour text output (default auto: on a terminal, unless NO_COLOR is set)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ecapture",
+        description="Capture what Linux programs send and receive over TLS, as plaintext, "
+        "with eBPF uprobes: no CA certificate, no change to the program. Needs root.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ecapture {__version__}")
+    _add_global_flags(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    aliases_of: dict[str, list[str]] = {}
+    for alias, name in ALIASES.items():
+        aliases_of.setdefault(name, []).append(alias)
+    for name, cls in sorted(load_all().items()):
+        sub = commands.add_parser(
+            name, aliases=aliases_of.get(name, []), help=cls.summary,
+            description=(cls.__doc__ or cls.summary).strip(),
+        )
+        _add_global_flags(sub)
+        cls.add_arguments(sub)
+    return parser
+
+
+def _common_config(args: argparse.Namespace) -> dict[str, Any]:
+    values = {key: getattr(args, key, default) for key, default in GLOBAL_DEFAULTS.items()}
+    color = values["color"]
+    return {
+        "pid": values["pid"], "uid": values["uid"], "hex": values["hex"],
+        "tsize": values["tsize"], "mapsize_kib": values["mapsize"], "btf": BtfMode(values["btf"]),
+        "btf_file": values["btf_file"], "debug": values["debug"], "logaddr": values["logaddr"],
+        "eventaddr": values["eventaddr"], "output_format": OutputFormat(values["format"]),
+        "har_file": values["har"], "color": None if color == "auto" else color == "always",
+    }
+
+
+def run(module: Module) -> int:
+    """The lifecycle: init → start → run until SIGINT/SIGTERM → close."""
+    config = module.config
+    sink = open_sink(config.eventaddr)
+    try:
+        writers = make_writers(config, module.name, sink)
+        _install_stop_handlers(module)
+        try:
+            module.init(writers)
+            module.start()
+            module.run()
+        finally:
+            module.close()
+    finally:
+        sink.close()
+    return 0
+
+
+def _install_stop_handlers(module: Module) -> None:
+    # Explicit: a process started in the background by a shell inherits
+    # SIGINT ignored, and Python then installs no handler of its own.
+    def stop(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping (%s)", signal.Signals(signum).name)
+        module.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    common = _common_config(args)
+    try:
+        setup_logging(debug=common["debug"], logaddr=common["logaddr"])
+        cls = module_class(args.command)
+        config: GlobalConfig = cls.config_from_args(args, common)
+        return run(cls(config))
+    except ConfigError as error:
+        print(f"ecapture: error: {error}", file=sys.stderr)
+        return 2
+    except EcaptureError as error:
+        print(f"ecapture: error: {error}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0  # the reader of our stdout went away (e.g. `| head`)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Capture modules: one file each, registered by name (see registry.py)."""

@@ -1,0 +1,288 @@
+"""The module lifecycle shared by every capture module.
+
+init → start → run → stop → close, after eCapture's IModule: `init` checks the
+kernel and finds what to hook, `start` loads and attaches the BPF object,
+`run` reads the ring and dispatches until `stop`, `close` drains the ring,
+flushes the processor and writers and detaches everything. A concrete module
+overrides a few small hooks (what to hook, which constants, which processor);
+the base owns the BPF object, the reader, decoding, dispatch and loss counts.
+
+Every resource goes on one ExitStack, so `close()` releases in reverse, is
+idempotent and works after a failed `start()`.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import enum
+import logging
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ecapture.bpf import LoadedObject, ObjectSpec, RingReader, check_environment
+from ecapture.config import GlobalConfig
+from ecapture.errors import BpfError, EcaptureError
+from ecapture.events import Lost, LossReason
+from ecapture.output.base import Writer
+from ecapture.pipeline import Pipeline
+from ecapture.processor.tracker import ConnectionTracker
+
+log = logging.getLogger(__name__)
+
+OBJECT_DIR = Path(__file__).resolve().parent.parent / "objects"
+POLL_INTERVAL_MS = 10  # BENCH.md §3: records are submitted without wake-ups; poll often
+STATS_INTERVAL_S = 1.0
+
+
+class Stat(enum.IntEnum):
+    """Indexes of the per-CPU `stats` map (bpf/events.h enum stat_index)."""
+
+    RECORDS = 0
+    RING_FULL_RECORDS = 1
+    RING_FULL_BYTES = 2
+    TRUNCATED_CALLS = 3
+    TRUNCATED_BYTES = 4
+    READ_FAULTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSpec:
+    """One uprobe or uretprobe to attach: data, composed per capture mode."""
+
+    program: str
+    binary: Path
+    offset: int
+    retprobe: bool = False
+    label: str = ""
+
+
+class ModuleState(enum.Enum):
+    NEW = "new"
+    INITIALIZED = "initialized"
+    STARTED = "started"
+    CLOSED = "closed"
+
+
+class Module(abc.ABC):
+    """Base of every capture module; see the module docstring."""
+
+    name: ClassVar[str]
+    config_type: ClassVar[type[GlobalConfig]]
+    object_file: ClassVar[str]  # in src/ecapture/objects/
+    ring_map: ClassVar[str] = "events"
+    stats_map: ClassVar[str | None] = "stats"
+    summary: ClassVar[str] = ""  # one line for `ecapture --help`
+
+    def __init__(self, config: GlobalConfig) -> None:
+        self.config = config
+        self.state = ModuleState.NEW
+        self._stack = ExitStack()
+        self._stop = threading.Event()
+        self._loaded: LoadedObject | None = None
+        self._reader: RingReader | None = None
+        self._pipeline: Pipeline | None = None
+        self._kernel_stats: dict[Stat, int] = {}
+        self.links_attached = 0
+
+    # ----- hooks for concrete modules -------------------------------------------------
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the module's own flags to its subcommand."""
+
+    @classmethod
+    def config_from_args(cls, args: argparse.Namespace, common: dict[str, Any]) -> GlobalConfig:
+        """Build the module's config from parsed flags and the global ones."""
+        return cls.config_type(**common)
+
+    @abc.abstractmethod
+    def prepare(self) -> None:
+        """Find what to hook and detect versions; raise EcaptureError if impossible."""
+
+    @abc.abstractmethod
+    def probes(self) -> Sequence[ProbeSpec]:
+        """The uprobes to attach, computed by prepare()."""
+
+    def auto_attached_programs(self) -> Sequence[str]:
+        """Programs attached by their SEC() name (raw_tp, tp_btf, tracepoint)."""
+        return ()
+
+    def constants(self) -> dict[str, int]:
+        """`const volatile` globals to set before load; the base sets the filters."""
+        config = self.config
+        return {
+            "target_pid": config.pid,
+            "target_uid": config.uid or 0,
+            "filter_uid": int(config.uid is not None),
+        }
+
+    def make_tracker(self) -> ConnectionTracker | None:
+        """The per-connection processor, or None when the module needs none."""
+        return None
+
+    # ----- lifecycle --------------------------------------------------------------------
+
+    def init(self, writers: Sequence[Writer]) -> None:
+        """Check the kernel, find targets, prepare the pipeline."""
+        if self.state is not ModuleState.NEW:
+            raise EcaptureError(f"module {self.name} initialised twice")
+        check_environment(btf_custom_path=self.config.btf_file)
+        self.prepare()
+        self._pipeline = Pipeline(writers, tracker=self.make_tracker())
+        self._stack.callback(self._pipeline.finish)
+        self.state = ModuleState.INITIALIZED
+
+    def start(self) -> None:
+        """Load the BPF object and attach every probe (all or nothing)."""
+        if self.state is not ModuleState.INITIALIZED:
+            raise EcaptureError(f"module {self.name} started in state {self.state.value}")
+        path = OBJECT_DIR / self.object_file
+        if not path.is_file():
+            raise BpfError(f"BPF object {path} is missing; build it with `make bpf`")
+        spec = ObjectSpec.open(path, btf_custom_path=self.config.btf_file)
+        try:
+            for name, value in self.constants().items():
+                spec.set_constant(name, value)
+            spec.set_map_max_entries(self.ring_map, self.config.mapsize_kib * 1024)
+            loaded = spec.load()
+        except BaseException:
+            spec.close()
+            raise
+        self._loaded = loaded
+        # Registered before any attach: a failure below still detaches all.
+        self._stack.callback(loaded.close)
+        for program in self.auto_attached_programs():
+            loaded.attach(program)
+            self.links_attached += 1
+        pid = self.config.pid or -1
+        for probe in self.probes():
+            loaded.attach_uprobe(
+                probe.program, probe.binary, offset=probe.offset,
+                retprobe=probe.retprobe, pid=pid,
+            )
+            self.links_attached += 1
+            log.debug("attached %s", probe.label or probe.program)
+        self._reader = loaded.ring_reader(self.ring_map)
+        self._stack.callback(self._reader.close)
+        self.state = ModuleState.STARTED
+        log.info(
+            "ready: %d probes attached, ring %d MiB", self.links_attached,
+            self.config.mapsize_kib // 1024,
+            extra={"module": self.name},
+        )
+
+    def run(self) -> None:
+        """Read and dispatch until stop() is called; then drain the ring."""
+        reader, pipeline = self._reader, self._pipeline
+        if reader is None or pipeline is None:
+            raise EcaptureError(f"module {self.name} runs before start()")
+        next_stats = time.monotonic() + STATS_INTERVAL_S
+        while not self._stop.is_set():
+            batch = reader.poll(POLL_INTERVAL_MS)
+            if batch:
+                pipeline.handle_batch(batch)
+            now = time.monotonic()
+            if now >= next_stats:
+                next_stats = now + STATS_INTERVAL_S
+                self._check_kernel_stats()
+                pipeline.tick(time.time_ns())
+        self._drain()
+
+    def stop(self) -> None:
+        """Ask run() to return; safe from a signal handler or another thread."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Drain, flush, detach and close everything; idempotent."""
+        if self.state is ModuleState.CLOSED:
+            return
+        try:
+            if self.state is ModuleState.STARTED:
+                self._drain()
+                self._report_unattributed_losses()
+        finally:
+            self.state = ModuleState.CLOSED
+            self._stack.close()
+            self._log_summary()
+
+    # ----- internals --------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Consume what is still in the ring (bounded: the ring is finite)."""
+        reader, pipeline = self._reader, self._pipeline
+        if reader is None or pipeline is None:
+            return
+        for _ in range(1000):
+            batch = reader.poll(0)
+            if not batch:
+                break
+            pipeline.handle_batch(batch)
+
+    def read_kernel_stats(self) -> dict[Stat, int]:
+        """Sum the per-CPU counters of the stats map."""
+        if self._loaded is None or self.stats_map is None:
+            return {}
+        stats_map = self._loaded.map(self.stats_map)
+        totals: dict[Stat, int] = {}
+        for stat in Stat:
+            values = stats_map.lookup_percpu(struct.pack("<I", stat))
+            totals[stat] = sum(struct.unpack_from("<Q", value)[0] for value in values)
+        return totals
+
+    def _check_kernel_stats(self) -> None:
+        previous = self._kernel_stats
+        current = self.read_kernel_stats()
+        self._kernel_stats = current
+        lost = current.get(Stat.RING_FULL_RECORDS, 0) - previous.get(Stat.RING_FULL_RECORDS, 0)
+        if lost:
+            log.warning(
+                "ring buffer full: %d records lost in the last %.0f s (raise --mapsize)",
+                lost, STATS_INTERVAL_S, extra={"module": self.name, "count": lost},
+            )
+
+    def _report_unattributed_losses(self) -> None:
+        """Kernel losses never reported in-band (no later record of that connection)."""
+        pipeline = self._pipeline
+        if pipeline is None:
+            return
+        self._kernel_stats = self.read_kernel_stats()
+        reported = pipeline.counters.lost.get(LossReason.RING_FULL)
+        records = self._kernel_stats.get(Stat.RING_FULL_RECORDS, 0) - (
+            reported.records if reported else 0)
+        nbytes = self._kernel_stats.get(Stat.RING_FULL_BYTES, 0) - (
+            reported.bytes if reported else 0)
+        if records > 0:
+            pipeline.report_loss(Lost(time.time_ns(), LossReason.RING_FULL, records,
+                                      max(nbytes, 0)))
+
+    def _log_summary(self) -> None:
+        pipeline = self._pipeline
+        if pipeline is None:
+            return
+        counters = pipeline.counters
+        losses = ", ".join(
+            f"{reason.value} {totals.records} records/{totals.bytes} bytes"
+            for reason, totals in sorted(counters.lost.items())
+        ) or "none"
+        cut = [getattr(writer, "cut", None) for writer in pipeline.writers]
+        cut_text = "; ".join(
+            f"{c.records} payloads cut by -t ({c.bytes} bytes)" for c in cut
+            if c is not None and getattr(c, "records", 0)
+        )
+        kernel = self._kernel_stats
+        log.info(
+            "summary: %d records (%d payload bytes), %d http exchanges, %d connections closed; "
+            "kernel: %d submitted, %d lost; lost: %s%s",
+            counters.records, counters.data_bytes, counters.http_exchanges,
+            counters.connections_closed, kernel.get(Stat.RECORDS, 0),
+            kernel.get(Stat.RING_FULL_RECORDS, 0), losses,
+            f"; {cut_text}" if cut_text else "",
+            extra={"module": self.name},
+        )

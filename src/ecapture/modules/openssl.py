@@ -1,0 +1,207 @@
+"""`ecapture tls` (alias `openssl`): plaintext of OpenSSL and BoringSSL calls.
+
+Finds every libssl to hook (the system one, and each libssl or SSL_*-exporting
+binary that running processes map, or only --libssl), decides where each probe
+sits (src/ecapture/elf/placement.py), and feeds the captured chunks to the
+HTTP processor. The kernel side is bpf/tls.bpf.c.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ecapture.config import CaptureModel, GlobalConfig, ProbePlacement
+from ecapture.elf.discovery import process_ssl_targets, system_libssl
+from ecapture.elf.placement import CallSemantics, HookPoint, describe_plan, plan_ssl_hooks
+from ecapture.elf.symbols import Executable
+from ecapture.elf.version import SslVersion, detect_ssl_version
+from ecapture.errors import ConfigError, EcaptureError, LibraryNotFound
+from ecapture.events import Direction
+from ecapture.modules.base import Module, ProbeSpec
+from ecapture.modules.registry import register
+from ecapture.processor.tracker import ConnectionTracker
+
+log = logging.getLogger(__name__)
+
+MAX_KERNEL_CALL_BYTES = 1 << 30
+
+# (direction, semantics) → the entry program of bpf/tls.bpf.c
+ENTRY_PROGRAMS = {
+    (Direction.SEND, CallSemantics.PLAIN): "send_plain_enter",
+    (Direction.SEND, CallSemantics.EX): "send_ex_enter",
+    (Direction.RECV, CallSemantics.PLAIN): "recv_plain_enter",
+    (Direction.RECV, CallSemantics.EX): "recv_ex_enter",
+}
+RETURN_PROGRAM = "call_return"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig(GlobalConfig):
+    """Configuration of `ecapture tls`."""
+
+    libssl: str | None = None  # None = discover
+    model: CaptureModel = CaptureModel.TEXT
+    keylog_file: str | None = None
+    pcap_file: str | None = None
+    probe_placement: ProbePlacement = ProbePlacement.AUTO
+    kernel_call_limit: int = 4 << 20  # bytes copied per SSL call; more is cut and said
+
+    def __post_init__(self) -> None:
+        GlobalConfig.__post_init__(self)
+        if self.model is not CaptureModel.TEXT:
+            raise ConfigError(
+                f"-m {self.model.value} is not available in this version; use -m text"
+            )
+        if not 0 < self.kernel_call_limit <= MAX_KERNEL_CALL_BYTES:
+            raise ConfigError(
+                f"--kernel-call-limit must be in 1..{MAX_KERNEL_CALL_BYTES}, "
+                f"got {self.kernel_call_limit}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class HookedLibrary:
+    path: Path
+    version: SslVersion
+    hooks: tuple[HookPoint, ...]
+
+
+@register("tls", "openssl")
+class OpensslModule(Module):
+    """Capture TLS plaintext of programs that use OpenSSL or BoringSSL."""
+
+    config_type: ClassVar[type[GlobalConfig]] = TlsConfig
+    object_file: ClassVar[str] = "tls.bpf.o"
+    summary: ClassVar[str] = "capture TLS plaintext of OpenSSL/BoringSSL programs"
+
+    def __init__(self, config: GlobalConfig) -> None:
+        if not isinstance(config, TlsConfig):
+            raise ConfigError(f"tls needs a TlsConfig, got {type(config).__name__}")
+        super().__init__(config)
+        self.tls_config = config
+        self.libraries: list[HookedLibrary] = []
+
+    # ----- command line -----------------------------------------------------------------
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--libssl", metavar="PATH",
+            help="hook this libssl.so (or a binary with OpenSSL/BoringSSL built in) only; "
+            "default: the system libssl plus every libssl mapped by running processes",
+        )
+        parser.add_argument(
+            "-m", "--model", default="text", choices=[m.value for m in CaptureModel],
+            help="capture model: text = plaintext of SSL reads and writes (default)",
+        )
+        parser.add_argument("-k", "--keylogfile", metavar="FILE",
+                            help="key log file (for -m keylog; not available yet)")
+        parser.add_argument("-w", "--pcapfile", metavar="FILE",
+                            help="pcapng file (for -m pcap; not available yet)")
+        parser.add_argument(
+            "--probe-placement", default="auto", choices=[p.value for p in ProbePlacement],
+            help="auto: probe the internal function SSL_write/SSL_read call first when the "
+            "disassembly proves it safe (a cheaper probe hit); exported: the SSL_* symbols",
+        )
+        parser.add_argument(
+            "--kernel-call-limit", type=int, default=4 << 20, metavar="BYTES",
+            help="bytes copied per SSL call in the kernel (default 4 MiB); more is cut, "
+            "flagged 'truncated' and counted",
+        )
+
+    @classmethod
+    def config_from_args(cls, args: argparse.Namespace, common: dict[str, Any]) -> GlobalConfig:
+        return TlsConfig(
+            **common,
+            libssl=args.libssl,
+            model=CaptureModel(args.model),
+            keylog_file=args.keylogfile,
+            pcap_file=args.pcapfile,
+            probe_placement=ProbePlacement(args.probe_placement),
+            kernel_call_limit=args.kernel_call_limit,
+        )
+
+    # ----- lifecycle hooks --------------------------------------------------------------
+
+    def prepare(self) -> None:
+        config = self.tls_config
+        prefer_internal = config.probe_placement is ProbePlacement.AUTO
+        explicit = config.libssl is not None
+        seen: set[tuple[int, int]] = set()
+        for path in self._candidate_paths():
+            try:
+                stat = path.stat()
+            except OSError as error:
+                if explicit:
+                    raise LibraryNotFound(f"--libssl {path}: {error.strerror}") from None
+                log.debug("skipping %s: %s", path, error)
+                continue
+            if (stat.st_dev, stat.st_ino) in seen:
+                continue
+            seen.add((stat.st_dev, stat.st_ino))
+            try:
+                hooks = plan_ssl_hooks(Executable(path), prefer_internal=prefer_internal)
+            except EcaptureError as error:
+                if explicit:
+                    raise
+                log.warning("not hooking %s: %s", path, error)
+                continue
+            version = detect_ssl_version(path)
+            library = HookedLibrary(path, version, tuple(hooks))
+            self.libraries.append(library)
+            log.info(
+                "%s: %s %s; %s", path, version.flavor, version.version or "(version unknown)",
+                describe_plan(hooks), extra={"module": self.name},
+            )
+        if not self.libraries:
+            raise LibraryNotFound(
+                "no OpenSSL/BoringSSL library with SSL_read/SSL_write found; pass --libssl PATH"
+            )
+
+    def _candidate_paths(self) -> list[Path]:
+        config = self.tls_config
+        if config.libssl is not None:
+            path = Path(config.libssl)
+            if not path.exists():
+                raise LibraryNotFound(f"--libssl {path}: no such file")
+            return [path]
+        paths: list[Path] = []
+        targets = process_ssl_targets(config.pid or None)
+        system = system_libssl()
+        if config.pid and not targets:
+            if not Path(f"/proc/{config.pid}").exists():
+                raise ConfigError(f"-p {config.pid}: no such process")
+            log.info("process %d maps no libssl yet; hooking the system library", config.pid)
+        if system is not None and (not config.pid or not targets):
+            paths.append(system)
+        paths.extend(target.path for target in targets)
+        return paths
+
+    def probes(self) -> Sequence[ProbeSpec]:
+        specs: list[ProbeSpec] = []
+        for library in self.libraries:
+            for hook in library.hooks:
+                label = f"{library.path.name}:{hook.label}"
+                specs.append(ProbeSpec(
+                    ENTRY_PROGRAMS[(hook.direction, hook.semantics)], library.path,
+                    hook.file_offset, label=label,
+                ))
+                specs.append(ProbeSpec(
+                    RETURN_PROGRAM, library.path, hook.file_offset, retprobe=True,
+                    label=f"{label} (return)",
+                ))
+        return specs
+
+    def auto_attached_programs(self) -> Sequence[str]:
+        return ("sys_enter",)  # names the fd of each SSL call (nested syscall)
+
+    def constants(self) -> dict[str, int]:
+        return {**super().constants(), "call_limit": self.tls_config.kernel_call_limit}
+
+    def make_tracker(self) -> ConnectionTracker | None:
+        return ConnectionTracker()

@@ -1,0 +1,52 @@
+"""Module name → class. A module registers itself with @register("name")."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+
+from ecapture.errors import RegistryError
+from ecapture.modules.base import Module
+
+MODULES: dict[str, type[Module]] = {}
+ALIASES: dict[str, str] = {}
+
+
+def register(name: str, *aliases: str) -> Callable[[type[Module]], type[Module]]:
+    """Class decorator; a second module of the same name is refused loudly."""
+
+    def add(cls: type[Module]) -> type[Module]:
+        for key in (name, *aliases):
+            if key in MODULES or key in ALIASES:
+                raise RegistryError(f"capture module {key!r} is registered twice")
+        MODULES[name] = cls
+        for alias in aliases:
+            ALIASES[alias] = name
+        cls.name = name
+        return cls
+
+    return add
+
+
+def load_all() -> dict[str, type[Module]]:
+    """Import every module file of this package once, so each registers itself.
+
+    Adding a module is one BPF program and one file here: nothing else lists it.
+    """
+    import ecapture.modules as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in {"base", "registry"}:
+            importlib.import_module(f"{package.__name__}.{info.name}")
+    return MODULES
+
+
+def module_class(name: str) -> type[Module]:
+    load_all()
+    name = ALIASES.get(name, name)
+    try:
+        return MODULES[name]
+    except KeyError:
+        known = ", ".join(sorted(MODULES))
+        raise RegistryError(f"unknown capture module {name!r}; known: {known}") from None

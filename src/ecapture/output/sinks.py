@@ -1,0 +1,181 @@
+"""Sinks deliver formatted bytes: stdout, a file, or a TCP peer.
+
+Each sink buffers what it is given and makes one OS write (or one
+`sendall`) per `flush()`, i.e. per reader batch. A failed delivery raises
+`EcaptureError` and the capture stops: traffic must not pass unrecorded
+while the tool looks healthy (mitmproxy's save addon does the same).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit
+
+from ecapture.errors import ConfigError, EcaptureError
+from ecapture.output.base import Sink
+
+# Deliver early when a batch grows past this, so memory stays bounded.
+HIGH_WATER_BYTES = 4 << 20
+CONNECT_TIMEOUT_S = 5.0
+# A peer that accepts nothing for this long stalls the capture: stop instead.
+SEND_TIMEOUT_S = 30.0
+PRIVATE_FILE_MODE = 0o600  # captured plaintext is as secret as the traffic
+
+
+def create_private_file(path: str, flag: str) -> int:
+    """Open `path` for writing, truncated, mode 0600 from the first moment.
+
+    `os.open` applies the mode at creation (minus the umask, which cannot
+    add bits); `fchmod` also narrows a file that already existed.
+    """
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE_MODE
+        )
+    except OSError as error:
+        raise ConfigError(f"{flag} {path}: cannot create the file: {error.strerror}") from error
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+    except OSError as error:
+        os.close(fd)
+        raise ConfigError(f"{flag} {path}: cannot set mode 0600: {error.strerror}") from error
+    return fd
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """os.write until every byte is out (a write to a pipe may be partial).
+
+    The views are released even on error, so a bytearray can be cleared.
+    """
+    with memoryview(data) as whole:
+        offset = 0
+        while offset < len(whole):
+            with whole[offset:] as rest:
+                offset += os.write(fd, rest)
+
+
+class FdSink:
+    """Buffered writes to a file descriptor (stdout or a file we opened)."""
+
+    def __init__(self, fd: int, name: str, *, owns_fd: bool) -> None:
+        self._fd = fd
+        self._name = name
+        self._owns_fd = owns_fd
+        self._buffer = bytearray()
+        self._closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise EcaptureError(f"write to {self._name} after it was closed")
+        self._buffer += data
+        if len(self._buffer) >= HIGH_WATER_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        try:
+            write_all(self._fd, self._buffer)
+        except OSError as error:
+            # Dropping the batch and carrying on would hide traffic: stop.
+            self._buffer.clear()
+            raise EcaptureError(
+                f"writing events to {self._name} failed: {error.strerror or error}; "
+                "stopping so that no traffic passes unrecorded"
+            ) from error
+        self._buffer.clear()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            if self._owns_fd:
+                os.close(self._fd)
+
+
+class TcpSink:
+    """Events sent to a TCP peer (e.g. `nc -l`, a log collector).
+
+    Connects once at open; no reconnect: a lost peer stops the capture
+    with the reason rather than silently dropping what it would have got.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._name = f"tcp://{host}:{port}"
+        try:
+            self._socket = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
+        except OSError as error:
+            raise EcaptureError(
+                f"--eventaddr {self._name}: cannot connect: {error.strerror or error}"
+            ) from error
+        self._socket.settimeout(SEND_TIMEOUT_S)
+        self._buffer = bytearray()
+        self._closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise EcaptureError(f"write to {self._name} after it was closed")
+        self._buffer += data
+        if len(self._buffer) >= HIGH_WATER_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        try:
+            self._socket.sendall(self._buffer)
+        except OSError as error:
+            self._buffer.clear()
+            reason = "timed out" if isinstance(error, TimeoutError) else error.strerror or error
+            raise EcaptureError(
+                f"sending events to {self._name} failed: {reason}; "
+                "stopping so that no traffic passes unrecorded"
+            ) from error
+        self._buffer.clear()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self._socket.close()
+
+
+def _tcp_sink(address: str, flag: str) -> TcpSink:
+    parts = urlsplit(address)
+    try:
+        port = parts.port
+    except ValueError as error:
+        raise ConfigError(f"{flag} {address}: invalid port") from error
+    if not parts.hostname or port is None:
+        raise ConfigError(f"{flag} {address}: expected tcp://HOST:PORT")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"{flag} {address}: expected tcp://HOST:PORT, nothing after the port")
+    return TcpSink(parts.hostname, port)
+
+
+def open_sink(address: str | None, *, flag: str = "--eventaddr") -> Sink:
+    """None or "-" = stdout; PATH or file://PATH = a new 0600 file;
+    tcp://HOST:PORT = a TCP connection made now."""
+    if address is None or address == "-":
+        return FdSink(1, "stdout", owns_fd=False)
+    if "://" not in address:
+        return FdSink(create_private_file(address, flag), address, owns_fd=True)
+    scheme = address.split("://", 1)[0].lower()
+    if scheme == "file":
+        path = address[len("file://"):]
+        if not path:
+            raise ConfigError(f"{flag} {address}: expected file://PATH")
+        return FdSink(create_private_file(path, flag), path, owns_fd=True)
+    if scheme == "tcp":
+        return _tcp_sink(address, flag)
+    raise ConfigError(
+        f"{flag} {address}: unknown scheme {scheme!r}; use a file path, file://PATH, "
+        "tcp://HOST:PORT or - for stdout"
+    )

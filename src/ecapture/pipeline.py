@@ -1,0 +1,163 @@
+"""The user-space half of a capture: records → decode → processor → writers.
+
+Everything lost on the way is counted here and written into the event
+stream as a `Lost` record: losses the kernel reports in-band per connection
+(`lost_records` on the next record of that connection or on its close),
+calls cut at the kernel's per-call copy limit, bytes the processor could not
+keep, and records that could not be decoded. Nothing here blocks: one batch
+in, written out, flushed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ecapture.errors import DecodeError
+from ecapture.events import Clock, ConnClose, Lost, LossReason, Record, TlsData, decode_record
+from ecapture.output.base import Writer
+from ecapture.processor.model import HttpExchange
+from ecapture.processor.tracker import ConnectionTracker
+
+log = logging.getLogger(__name__)
+
+Decoder = Callable[[bytes, Clock], Record]
+
+
+@dataclass(slots=True)
+class LossTotals:
+    """Records and bytes lost for one reason."""
+
+    records: int = 0
+    bytes: int = 0
+
+
+@dataclass(slots=True)
+class PipelineCounters:
+    records: int = 0
+    data_bytes: int = 0
+    connections_closed: int = 0
+    http_exchanges: int = 0
+    lost: dict[LossReason, LossTotals] = field(default_factory=dict)
+
+    def add_loss(self, reason: LossReason, records: int, nbytes: int) -> None:
+        totals = self.lost.setdefault(reason, LossTotals())
+        totals.records += records
+        totals.bytes += nbytes
+
+
+class Pipeline:
+    """Decodes raw ring records of one module and hands them on."""
+
+    def __init__(
+        self,
+        writers: Sequence[Writer],
+        *,
+        tracker: ConnectionTracker | None = None,
+        clock: Clock | None = None,
+        decoder: Decoder = decode_record,
+    ) -> None:
+        self.writers = tuple(writers)
+        self.tracker = tracker
+        self.clock = clock or Clock()
+        self.decoder = decoder
+        self.counters = PipelineCounters()
+        self._finished = False
+
+    def handle_batch(self, raws: Iterable[bytes]) -> None:
+        """Decode and dispatch one batch of ring records, then flush."""
+        counters = self.counters
+        decoder = self.decoder
+        clock = self.clock
+        for raw in raws:
+            try:
+                record = decoder(raw, clock)
+            except DecodeError as error:
+                # A layout mismatch is our bug: say it, count it, go on.
+                log.warning("undecodable record: %s", error)
+                self._lost(Lost(time.time_ns(), LossReason.DECODE, 1, len(raw)))
+                continue
+            counters.records += 1
+            if type(record) is TlsData:
+                self._data(record)
+            else:
+                assert isinstance(record, ConnClose)
+                self._close(record)
+        self.flush()
+
+    def _data(self, event: TlsData) -> None:
+        self.counters.data_bytes += len(event.data)
+        if event.lost_records:
+            self._lost(Lost(
+                event.timestamp_ns, LossReason.RING_FULL, event.lost_records,
+                event.lost_bytes, pid=event.pid, comm=event.comm,
+                conn_id=event.conn_id, fd=event.fd,
+            ))
+        for writer in self.writers:
+            writer.write(event)
+        if event.truncated and event.last_chunk:
+            cut = event.call_len - event.offset - len(event.data)
+            self._lost(Lost(
+                event.timestamp_ns, LossReason.KERNEL_LIMIT, 0, cut, pid=event.pid,
+                comm=event.comm, conn_id=event.conn_id, fd=event.fd,
+            ))
+        if self.tracker is not None:
+            self._items(self.tracker.feed(event))
+
+    def _close(self, event: ConnClose) -> None:
+        self.counters.connections_closed += 1
+        if event.lost_records:
+            self._lost(Lost(
+                event.timestamp_ns, LossReason.RING_FULL, event.lost_records,
+                event.lost_bytes, pid=event.pid, comm=event.comm,
+                conn_id=event.conn_id, fd=event.fd,
+            ))
+        for writer in self.writers:
+            writer.write(event)
+        if self.tracker is not None:
+            self._items(self.tracker.close(event))
+
+    def _items(self, items: Sequence[object]) -> None:
+        for item in items:
+            if isinstance(item, Lost):
+                self._lost(item)
+                continue
+            if isinstance(item, HttpExchange):
+                self.counters.http_exchanges += 1
+            for writer in self.writers:
+                writer.write(item)  # type: ignore[arg-type]
+
+    def _lost(self, lost: Lost) -> None:
+        self.counters.add_loss(lost.reason, lost.records, lost.bytes)
+        for writer in self.writers:
+            writer.write(lost)
+
+    def report_loss(self, lost: Lost) -> None:
+        """A loss found outside the records (kernel counters, a full queue)."""
+        self._lost(lost)
+        self.flush()
+
+    def tick(self, now_ns: int) -> None:
+        """Periodic work: flush idle connections."""
+        if self.tracker is not None:
+            self._items(self.tracker.expire(now_ns))
+            self.flush()
+
+    def flush(self) -> None:
+        for writer in self.writers:
+            writer.flush()
+
+    def finish(self) -> None:
+        """Flush what the processor still holds and close the writers (idempotent)."""
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            if self.tracker is not None:
+                self._items(self.tracker.flush())
+            self.flush()
+        finally:
+            for writer in self.writers:
+                writer.close()

@@ -1,0 +1,503 @@
+"""HTTP/1.x observed from outside: heads by httptools, framing by us.
+
+httptools (llhttp) parses and validates each head; the body framing is ours
+because it depends on the request a response answers (RFC 9112 §6.3): a
+response to HEAD, a 1xx/204/304 and a 2xx to CONNECT have no body, and
+httptools, which never sees the request, desyncs after a HEAD response.
+Requests and responses pair in order (pipelining included). A message ends
+by its framing or by the connection's close, never by a timer.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections import deque
+
+import httptools
+
+from ecapture.events import TlsData
+from ecapture.processor.base import BodyBuffer, body_lost
+from ecapture.processor.model import (
+    ConnectionInfo,
+    Headers,
+    HttpExchange,
+    HttpRequest,
+    HttpResponse,
+    ProcessorItem,
+    Unparsed,
+)
+from ecapture.processor.sniff import (
+    MAX_START_LINE,
+    REQUEST_START,
+    RESPONSE_START,
+    START_MARKER,
+)
+
+MAX_HEAD_BYTES = 64 << 10  # a longer head is treated as a desync, not buffered
+MAX_CHUNK_LINE = 4096  # chunk-size line with extensions (RFC 9112 §7.1.1)
+
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+_CHUNK_SIZE = re.compile(rb"[ \t]*([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")
+
+
+class _Mode(enum.Enum):
+    HEAD = enum.auto()
+    LENGTH = enum.auto()
+    CHUNK_SIZE = enum.auto()
+    CHUNK_DATA = enum.auto()
+    CHUNK_END = enum.auto()  # the CRLF after a chunk's data
+    TRAILERS = enum.auto()
+    UNTIL_CLOSE = enum.auto()
+    RESYNC = enum.auto()  # skipping to the next start line
+    TUNNEL = enum.auto()  # after CONNECT 2xx or 101: no longer HTTP
+
+
+class _HeadCollector:
+    """httptools callbacks for one head (it is fed exactly one head)."""
+
+    __slots__ = ("done", "headers", "reason", "url")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.url = b""
+        self.reason = b""
+        self.done = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp keeps trailing whitespace; it is not part of the value
+        # (RFC 9110 §5.5).
+        self.headers.append((name, value.rstrip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+
+class _Message:
+    """One request or response being read."""
+
+    __slots__ = (
+        "body", "headers", "method", "reason", "started_ns", "status", "trailers", "url",
+        "version",
+    )
+
+    def __init__(self, started_ns: int, limit: int) -> None:
+        self.started_ns = started_ns
+        self.method = ""
+        self.url = ""
+        self.status = 0
+        self.reason = ""
+        self.version = "HTTP/1.1"
+        self.headers: Headers = ()
+        self.trailers: Headers = ()
+        self.body = BodyBuffer(limit)
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if len(key) == len(name) and key.lower() == name:
+                return value
+        return None
+
+    def as_request(self) -> HttpRequest:
+        host = self.header(b"host")
+        return HttpRequest(
+            method=self.method, target=self.url,
+            authority=host.decode("latin-1") if host is not None else None, scheme=None,
+            version=self.version, headers=self.headers, body=bytes(self.body.data),
+            trailers=self.trailers, body_truncated=self.body.dropped > 0,
+        )
+
+    def as_response(self, informational: list[int]) -> HttpResponse:
+        return HttpResponse(
+            status=self.status, reason=self.reason, version=self.version,
+            headers=self.headers, body=bytes(self.body.data), trailers=self.trailers,
+            body_truncated=self.body.dropped > 0, informational=tuple(informational),
+        )
+
+
+class _Exchange:
+    __slots__ = (
+        "informational", "request", "request_done", "response", "response_done", "started_ns",
+    )
+
+    def __init__(self, started_ns: int) -> None:
+        self.started_ns = started_ns
+        self.request: _Message | None = None
+        self.response: _Message | None = None
+        self.request_done = False
+        self.response_done = False
+        self.informational: list[int] = []
+
+
+class _Side:
+    """One direction: its buffer, framing state and the message it reads."""
+
+    __slots__ = ("buffer", "is_client", "message", "mode", "remaining", "resync_reason")
+
+    def __init__(self, is_client: bool) -> None:
+        self.is_client = is_client
+        self.buffer = bytearray()
+        self.mode = _Mode.HEAD
+        self.remaining = 0
+        self.message: _Message | None = None
+        self.resync_reason = "desync"
+
+    def resync(self, reason: str) -> None:
+        self.mode = _Mode.RESYNC
+        self.resync_reason = reason
+        self.buffer.clear()
+        self.message = None
+        self.remaining = 0
+
+
+def _version(parser: httptools.HttpRequestParser | httptools.HttpResponseParser) -> str:
+    return "HTTP/" + str(parser.get_http_version())
+
+
+def _parse_trailers(block: bytes) -> Headers:
+    """Trailer fields (RFC 9112 §7.1.2) have the syntax of header fields."""
+    fields = []
+    for line in block.split(b"\n"):
+        name, colon, value = line.rstrip(b"\r").partition(b":")
+        if colon and name and not name[-1:].isspace():
+            fields.append((name, value.strip(b" \t")))
+    return tuple(fields)
+
+
+def _transfer_chunked(value: bytes) -> bool:
+    """chunked must be the final transfer coding (RFC 9112 §6.1)."""
+    return value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+
+
+class Http1Parser:
+    """Both directions of one HTTP/1.x connection, paired into exchanges."""
+
+    def __init__(
+        self, info: ConnectionInfo, *, max_body_bytes: int, resync_reason: str | None = None
+    ) -> None:
+        self.info = info
+        self._max_body = max_body_bytes
+        self._client = _Side(is_client=True)
+        self._server = _Side(is_client=False)
+        # exchanges not yet emitted, in request order; the response side
+        # answers the first one whose response has not ended
+        self._exchanges: deque[_Exchange] = deque()
+        self._unanswered: deque[_Exchange] = deque()
+        if resync_reason is not None:
+            self._client.resync(resync_reason)
+            self._server.resync(resync_reason)
+
+    # -- the ConnectionParser interface ---------------------------------------
+
+    def feed(self, event: TlsData, from_client: bool, out: list[ProcessorItem]) -> None:
+        side = self._client if from_client else self._server
+        mode = side.mode
+        if mode is _Mode.TUNNEL:
+            out.append(Unparsed(event, "tunnel"))
+            return
+        if mode is _Mode.RESYNC:
+            if not self._resync(side, event.data, event, out, report=True):
+                return
+        else:
+            side.buffer += event.data
+        while self._parse(side, event, out):
+            # bytes after the point of desync may hold the next message
+            if not self._resync(side, b"", event, out, report=False):
+                break
+        if event.truncated:
+            # the kernel copied less than the call moved: bytes are missing
+            # right after this chunk
+            self.gap(event, out)
+
+    def gap(self, event: TlsData, out: list[ProcessorItem]) -> None:
+        self._flush_all(event.timestamp_ns, out)
+        if self._client.mode is not _Mode.TUNNEL:
+            self._client.resync("desync")
+            self._server.resync("desync")
+
+    def finish(self, timestamp_ns: int, closed: bool, out: list[ProcessorItem]) -> None:
+        server = self._server
+        if closed and server.mode is _Mode.UNTIL_CLOSE and server.message is not None:
+            self._response_done(server.message, timestamp_ns, out)
+        self._flush_all(timestamp_ns, out)
+
+    # -- parsing ---------------------------------------------------------------
+
+    def _resync(
+        self, side: _Side, data: bytes, event: TlsData, out: list[ProcessorItem], report: bool
+    ) -> bool:
+        """Skip to the next start line; True when the side is in sync again.
+
+        `side.buffer` holds the last partial line of earlier bytes, so a
+        start line split across events is still found. `report` says whether
+        this event's skipped bytes still need an Unparsed item.
+        """
+        buffer = side.buffer
+        carried = len(buffer)
+        buffer += data
+        match = None
+        if START_MARKER in buffer:
+            pattern = REQUEST_START if side.is_client else RESPONSE_START
+            match = pattern.search(buffer)
+        if match is None:
+            del buffer[: buffer.rfind(b"\n") + 1]
+            if len(buffer) > MAX_START_LINE:
+                buffer.clear()
+            if report:
+                out.append(Unparsed(event, side.resync_reason))
+            return False
+        if report and match.start() > carried:
+            out.append(Unparsed(event, side.resync_reason))
+        del buffer[: match.start()]
+        side.mode = _Mode.HEAD
+        return True
+
+    def _parse(self, side: _Side, event: TlsData, out: list[ProcessorItem]) -> bool:
+        """Consume what the side's framing allows; True after a desync, with
+        `side.buffer` holding the bytes from the next line on."""
+        buffer = side.buffer
+        pos = 0
+        size = len(buffer)
+        while pos < size:
+            mode = side.mode
+            if mode is _Mode.HEAD:
+                while buffer.startswith(b"\r\n", pos):  # RFC 9112 §2.2: skip empty lines
+                    pos += 2
+                end = buffer.find(b"\r\n\r\n", pos)
+                if end < 0:
+                    if size - pos > MAX_HEAD_BYTES:
+                        return self._desync(side, pos, event, out)
+                    break
+                head = bytes(buffer[pos : end + 4])
+                pos = end + 4
+                if not self._head(side, head, event, out):
+                    return self._desync(side, pos - len(head), event, out)
+            elif mode is _Mode.LENGTH:
+                take = min(side.remaining, size - pos)
+                self._body(side, buffer, pos, take)
+                pos += take
+                side.remaining -= take
+                if side.remaining == 0:
+                    self._message_done(side, event.timestamp_ns, out)
+            elif mode is _Mode.CHUNK_SIZE:
+                match = _CHUNK_SIZE.match(buffer, pos)
+                if match is None:
+                    line_end = buffer.find(b"\n", pos)
+                    if line_end >= 0 or size - pos > MAX_CHUNK_LINE:
+                        return self._desync(side, pos, event, out)
+                    break
+                pos = match.end()
+                chunk_size = int(match.group(1), 16)
+                if chunk_size == 0:
+                    side.mode = _Mode.TRAILERS
+                else:
+                    side.mode = _Mode.CHUNK_DATA
+                    side.remaining = chunk_size
+            elif mode is _Mode.CHUNK_DATA:
+                take = min(side.remaining, size - pos)
+                self._body(side, buffer, pos, take)
+                pos += take
+                side.remaining -= take
+                if side.remaining == 0:
+                    side.mode = _Mode.CHUNK_END
+            elif mode is _Mode.CHUNK_END:
+                if size - pos < 2:
+                    if buffer[pos] != 0x0D:
+                        return self._desync(side, pos, event, out)
+                    break
+                if buffer[pos : pos + 2] != b"\r\n":
+                    return self._desync(side, pos, event, out)
+                pos += 2
+                side.mode = _Mode.CHUNK_SIZE
+            elif mode is _Mode.TRAILERS:
+                if buffer.startswith(b"\r\n", pos):
+                    pos += 2
+                elif size - pos < 2:
+                    break
+                else:
+                    end = buffer.find(b"\r\n\r\n", pos)
+                    if end < 0:
+                        if size - pos > MAX_HEAD_BYTES:
+                            return self._desync(side, pos, event, out)
+                        break
+                    if side.message is not None:
+                        side.message.trailers = _parse_trailers(bytes(buffer[pos:end]))
+                    pos = end + 4
+                self._message_done(side, event.timestamp_ns, out)
+            elif mode is _Mode.UNTIL_CLOSE:
+                self._body(side, buffer, pos, size - pos)
+                pos = size
+            else:  # TUNNEL: the head just parsed switched protocols
+                out.append(Unparsed(event, "tunnel"))
+                buffer.clear()
+                return False
+        del buffer[:pos]
+        return False
+
+    def _body(self, side: _Side, buffer: bytearray, pos: int, take: int) -> None:
+        if side.message is not None and take:
+            with memoryview(buffer) as view:
+                side.message.body.add(view[pos : pos + take])
+
+    def _desync(self, side: _Side, pos: int, event: TlsData, out: list[ProcessorItem]) -> bool:
+        """Bytes at `pos` break framing: give up on what is in flight and
+        keep the bytes after that line for the resync scan."""
+        out.append(Unparsed(event, "desync"))
+        self._flush_all(event.timestamp_ns, out)
+        buffer = side.buffer
+        line_end = buffer.find(b"\n", pos)
+        rest = buffer[line_end + 1 :] if line_end >= 0 else bytearray()
+        side.resync("desync")
+        side.buffer += rest
+        return True
+
+    def _head(self, side: _Side, head: bytes, event: TlsData, out: list[ProcessorItem]) -> bool:
+        collector = _HeadCollector()
+        parser: httptools.HttpRequestParser | httptools.HttpResponseParser
+        if side.is_client:
+            parser = httptools.HttpRequestParser(collector)
+        else:
+            parser = httptools.HttpResponseParser(collector)
+        try:
+            parser.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            pass  # CONNECT or Upgrade: the head itself parsed
+        except httptools.HttpParserError:
+            collector.done = False
+        if not collector.done:
+            return False
+        message = _Message(event.timestamp_ns, self._max_body)
+        message.headers = tuple(collector.headers)
+        message.version = _version(parser)
+        if isinstance(parser, httptools.HttpRequestParser):
+            message.method = parser.get_method().decode("latin-1")
+            message.url = collector.url.decode("latin-1")
+            return self._request_head(side, message, event, out)
+        message.status = parser.get_status_code()
+        message.reason = collector.reason.decode("latin-1")
+        return self._response_head(side, message, event, out)
+
+    def _request_head(
+        self, side: _Side, message: _Message, event: TlsData, out: list[ProcessorItem]
+    ) -> bool:
+        exchange = _Exchange(event.timestamp_ns)
+        exchange.request = message
+        self._exchanges.append(exchange)
+        self._unanswered.append(exchange)
+        side.message = message
+        encoding = message.header(b"transfer-encoding")
+        length = message.header(b"content-length")
+        if encoding is not None:
+            if not _transfer_chunked(encoding):
+                # RFC 9112 §6.3 item 4: a request's length cannot be known
+                return False
+            side.mode = _Mode.CHUNK_SIZE
+        elif length is not None and length.isdigit() and int(length) > 0:
+            side.mode = _Mode.LENGTH
+            side.remaining = int(length)
+        else:  # no body (RFC 9112 §6.3 item 7)
+            self._message_done(side, event.timestamp_ns, out)
+        return True
+
+    def _response_head(
+        self, side: _Side, message: _Message, event: TlsData, out: list[ProcessorItem]
+    ) -> bool:
+        if self._unanswered:
+            exchange = self._unanswered[0]
+        else:  # joined mid-way or after a gap: a response without its request
+            exchange = _Exchange(event.timestamp_ns)
+            exchange.request_done = True
+            self._exchanges.append(exchange)
+            self._unanswered.append(exchange)
+        status = message.status
+        if 100 <= status < 200 and status != 101:
+            exchange.informational.append(status)  # interim: the final one follows
+            return True
+        exchange.response = message
+        side.message = message
+        method = exchange.request.method if exchange.request is not None else ""
+        tunnel = status == 101 or (method == "CONNECT" and 200 <= status < 300)
+        # RFC 9112 §6.3 items 1-2: these responses have no body
+        if method == "HEAD" or status in (204, 304) or tunnel:
+            self._message_done(side, event.timestamp_ns, out)
+            if tunnel:
+                self._client.mode = _Mode.TUNNEL
+                self._server.mode = _Mode.TUNNEL
+                self._client.buffer.clear()
+            return True
+        encoding = message.header(b"transfer-encoding")
+        length = message.header(b"content-length")
+        if encoding is not None and _transfer_chunked(encoding):
+            side.mode = _Mode.CHUNK_SIZE
+        elif encoding is None and length is not None and length.isdigit():
+            side.remaining = int(length)
+            if side.remaining == 0:
+                self._message_done(side, event.timestamp_ns, out)
+            else:
+                side.mode = _Mode.LENGTH
+        else:
+            side.mode = _Mode.UNTIL_CLOSE  # RFC 9112 §6.3 item 8
+        return True
+
+    # -- pairing ---------------------------------------------------------------
+
+    def _message_done(self, side: _Side, timestamp_ns: int, out: list[ProcessorItem]) -> None:
+        message = side.message
+        side.message = None
+        if side.mode is not _Mode.TUNNEL:
+            side.mode = _Mode.HEAD
+        if message is None:
+            return
+        if side.is_client:
+            for exchange in reversed(self._exchanges):
+                if exchange.request is message:
+                    exchange.request_done = True
+                    break
+        else:
+            self._response_done(message, timestamp_ns, out)
+            return
+        self._emit_ready(timestamp_ns, out)
+
+    def _response_done(self, message: _Message, timestamp_ns: int, out: list[ProcessorItem]) -> None:
+        if self._unanswered and self._unanswered[0].response is message:
+            self._unanswered.popleft().response_done = True
+        self._server.message = None
+        self._emit_ready(timestamp_ns, out)
+
+    def _emit_ready(self, timestamp_ns: int, out: list[ProcessorItem]) -> None:
+        exchanges = self._exchanges
+        while exchanges and exchanges[0].request_done and exchanges[0].response_done:
+            exchange = exchanges.popleft()
+            self._emit(exchange, timestamp_ns, exchange.request is not None, out)
+
+    def _flush_all(self, timestamp_ns: int, out: list[ProcessorItem]) -> None:
+        """Emit every exchange in flight as incomplete."""
+        while self._exchanges:
+            self._emit(self._exchanges.popleft(), timestamp_ns, False, out)
+        self._unanswered.clear()
+        # a side in the middle of a body keeps its framing but no longer
+        # keeps the bytes: they belong to an exchange already emitted
+        self._client.message = None
+        self._server.message = None
+
+    def _emit(
+        self, exchange: _Exchange, timestamp_ns: int, complete: bool, out: list[ProcessorItem]
+    ) -> None:
+        request = exchange.request
+        response = exchange.response
+        out.append(HttpExchange(
+            connection=self.info,
+            request=request.as_request() if request is not None else None,
+            response=response.as_response(exchange.informational) if response is not None
+            else None,
+            started_ns=exchange.started_ns, finished_ns=timestamp_ns, complete=complete,
+        ))
+        for message in (request, response):
+            if message is not None and message.body.dropped:
+                out.append(body_lost(self.info, timestamp_ns, message.body.dropped))
