@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import struct
+import threading
+from pathlib import Path
+
+import pytest
+
+from ecapture.errors import ConfigError, EcaptureError
+from ecapture.output import sinks
+from ecapture.output.sinks import open_sink
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("prefix", ["", "file://"])
+def test_file_sink_is_0600_and_written_once_per_flush(tmp_path: Path, prefix: str) -> None:
+    path = tmp_path / "events.jsonl"
+    sink = open_sink(prefix + str(path))
+    assert mode(path) == 0o600
+    sink.write(b"one\n")
+    sink.write(b"two\n")
+    assert path.read_bytes() == b""  # buffered until the batch ends
+    sink.flush()
+    assert path.read_bytes() == b"one\ntwo\n"
+    sink.write(b"three\n")
+    sink.close()
+    sink.close()
+    assert path.read_bytes() == b"one\ntwo\nthree\n"
+
+
+def test_file_sink_narrows_an_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "old.jsonl"
+    path.write_bytes(b"stale contents")
+    path.chmod(0o644)
+    open_sink(str(path)).close()
+    assert mode(path) == 0o600
+    assert path.read_bytes() == b""
+
+
+def test_file_sink_error_names_the_flag(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--eventaddr"):
+        open_sink(str(tmp_path / "missing-dir" / "x.jsonl"))
+
+
+def test_write_error_stops_loudly(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    sink = sinks.FdSink(write_end, "a closed pipe", owns_fd=True)
+    sink.write(b"data")
+    with pytest.raises(EcaptureError, match="no traffic passes unrecorded"):
+        sink.flush()
+    sink.close()
+
+
+@pytest.mark.parametrize("address", ["ws://127.0.0.1:1", "udp://127.0.0.1:9", "kafka://x"])
+def test_unknown_scheme_is_refused(address: str) -> None:
+    with pytest.raises(ConfigError, match=r"--eventaddr .*unknown scheme"):
+        open_sink(address)
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1", "tcp://:80", "tcp://h:99999",
+                                     "tcp://127.0.0.1:80/path"])
+def test_bad_tcp_address_is_refused(address: str) -> None:
+    with pytest.raises(ConfigError, match="--eventaddr"):
+        open_sink(address)
+
+
+def test_stdout_sink_does_not_close_stdout() -> None:
+    sink = open_sink("-")
+    assert isinstance(sink, sinks.FdSink)
+    sink.close()
+    os.fstat(1)  # still open
+
+
+def test_tcp_sink_delivers_to_a_listener() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(5)
+        port = server.getsockname()[1]
+        received = bytearray()
+
+        def accept() -> None:
+            connection, _ = server.accept()
+            with connection:
+                connection.settimeout(5)
+                while chunk := connection.recv(65536):
+                    received.extend(chunk)
+
+        thread = threading.Thread(target=accept)
+        thread.start()
+        sink = open_sink(f"tcp://127.0.0.1:{port}")
+        sink.write(b'{"type":"data"}\n')
+        sink.write(b"x" * 100_000 + b"\n")
+        sink.flush()
+        sink.close()
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+    assert received == b'{"type":"data"}\n' + b"x" * 100_000 + b"\n"
+
+
+def test_tcp_sink_cannot_connect() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+    # The port was just released: nothing listens there now.
+    with pytest.raises(EcaptureError, match="cannot connect"):
+        open_sink(f"tcp://127.0.0.1:{port}")
+
+
+def test_tcp_peer_gone_stops_loudly() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        sink = open_sink(f"tcp://127.0.0.1:{port}")
+        connection, _ = server.accept()
+        # Close with RST (SO_LINGER 0) so the next send fails at once.
+        linger_off = struct.pack("ii", 1, 0)
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_off)
+        connection.close()
+    with pytest.raises(EcaptureError, match="sending events to tcp://"):
+        for _ in range(100):  # the first send may still be accepted by the kernel
+            sink.write(b"y" * 65536)
+            sink.flush()
+    sink.close()
