@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ecapture.errors import DecodeError
-from ecapture.events import Clock, ConnClose, Lost, LossReason, Record, TlsData, decode_record
+from ecapture.events import Clock, ConnClose, LossReason, Lost, Record, TlsData, decode_record
 from ecapture.output.base import Writer
 from ecapture.processor.model import HttpExchange
 from ecapture.processor.tracker import ConnectionTracker
@@ -145,6 +145,14 @@ class Pipeline:
             self._items(self.tracker.expire(now_ns))
             self.flush()
 
+    def _report_cuts(self) -> None:
+        """Payloads cut by -t: flagged on each event, summed here once.
+
+        Every writer cuts the same items; the first (the event stream) counts."""
+        if self.writers and self.writers[0].cut.records:
+            cut = self.writers[0].cut
+            self._lost(Lost(time.time_ns(), LossReason.TSIZE, cut.records, cut.bytes))
+
     def flush(self) -> None:
         for writer in self.writers:
             writer.flush()
@@ -157,6 +165,7 @@ class Pipeline:
         try:
             if self.tracker is not None:
                 self._items(self.tracker.flush())
+            self._report_cuts()
             self.flush()
         finally:
             for writer in self.writers:

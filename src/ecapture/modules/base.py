@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 from ecapture.bpf import LoadedObject, ObjectSpec, RingReader, check_environment
 from ecapture.config import GlobalConfig
 from ecapture.errors import BpfError, EcaptureError
-from ecapture.events import Lost, LossReason
+from ecapture.events import LossReason, Lost
 from ecapture.output.base import Writer
 from ecapture.pipeline import Pipeline
 from ecapture.processor.tracker import ConnectionTracker
@@ -93,9 +93,9 @@ class Module(abc.ABC):
 
     # ----- hooks for concrete modules -------------------------------------------------
 
-    @classmethod
+    @classmethod  # noqa: B027 (an optional hook: most modules add flags, some none)
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add the module's own flags to its subcommand."""
+        """Add the module's own flags to its subcommand; none by default."""
 
     @classmethod
     def config_from_args(cls, args: argparse.Namespace, common: dict[str, Any]) -> GlobalConfig:
@@ -175,7 +175,7 @@ class Module(abc.ABC):
         log.info(
             "ready: %d probes attached, ring %d MiB", self.links_attached,
             self.config.mapsize_kib // 1024,
-            extra={"module": self.name},
+            extra={"capture_module": self.name},
         )
 
     def run(self) -> None:
@@ -244,7 +244,7 @@ class Module(abc.ABC):
         if lost:
             log.warning(
                 "ring buffer full: %d records lost in the last %.0f s (raise --mapsize)",
-                lost, STATS_INTERVAL_S, extra={"module": self.name, "count": lost},
+                lost, STATS_INTERVAL_S, extra={"capture_module": self.name, "count": lost},
             )
 
     def _report_unattributed_losses(self) -> None:
@@ -271,18 +271,12 @@ class Module(abc.ABC):
             f"{reason.value} {totals.records} records/{totals.bytes} bytes"
             for reason, totals in sorted(counters.lost.items())
         ) or "none"
-        cut = [getattr(writer, "cut", None) for writer in pipeline.writers]
-        cut_text = "; ".join(
-            f"{c.records} payloads cut by -t ({c.bytes} bytes)" for c in cut
-            if c is not None and getattr(c, "records", 0)
-        )
         kernel = self._kernel_stats
         log.info(
             "summary: %d records (%d payload bytes), %d http exchanges, %d connections closed; "
-            "kernel: %d submitted, %d lost; lost: %s%s",
+            "kernel: %d submitted, %d lost; lost or cut: %s",
             counters.records, counters.data_bytes, counters.http_exchanges,
             counters.connections_closed, kernel.get(Stat.RECORDS, 0),
             kernel.get(Stat.RING_FULL_RECORDS, 0), losses,
-            f"; {cut_text}" if cut_text else "",
-            extra={"module": self.name},
+            extra={"capture_module": self.name},
         )

@@ -156,7 +156,7 @@ class OpensslModule(Module):
             self.libraries.append(library)
             log.info(
                 "%s: %s %s; %s", path, version.flavor, version.version or "(version unknown)",
-                describe_plan(hooks), extra={"module": self.name},
+                describe_plan(hooks), extra={"capture_module": self.name},
             )
         if not self.libraries:
             raise LibraryNotFound(
