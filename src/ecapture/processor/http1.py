@@ -193,6 +193,12 @@ class Http1Parser:
             self._client.resync(resync_reason)
             self._server.resync(resync_reason)
 
+    def prime(self, from_client: bool, partial_line: bytes) -> None:
+        """Hand over the partial line a mid-stream scan held for one side."""
+        side = self._client if from_client else self._server
+        if side.mode is _Mode.RESYNC:
+            side.buffer += partial_line
+
     # -- the ConnectionParser interface ---------------------------------------
 
     def feed(self, event: TlsData, from_client: bool, out: list[ProcessorItem]) -> None:
@@ -464,7 +470,9 @@ class Http1Parser:
             return
         self._emit_ready(timestamp_ns, out)
 
-    def _response_done(self, message: _Message, timestamp_ns: int, out: list[ProcessorItem]) -> None:
+    def _response_done(
+        self, message: _Message, timestamp_ns: int, out: list[ProcessorItem]
+    ) -> None:
         if self._unanswered and self._unanswered[0].response is message:
             self._unanswered.popleft().response_done = True
         self._server.message = None

@@ -41,7 +41,7 @@ class Sniff(enum.Enum):
     NO = "no"  # these bytes do not open a message
 
 
-def _is_settings_frame_start(data: bytes) -> bool:
+def _is_settings_frame_start(data: bytes | bytearray) -> bool:
     """An HTTP/2 server may send SETTINGS (RFC 9113 §3.4) before the client's
     preface is captured: a frame header of type 4 on stream 0."""
     return (

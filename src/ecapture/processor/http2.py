@@ -1,0 +1,375 @@
+"""HTTP/2 observed from outside, with hyperframe and hpack directly.
+
+h2 implements a peer and rejects what a peer would (stream ids, flow
+control); an observer must follow both directions as they were sent. Each
+direction has its own HPACK decoder (RFC 7541 §2.2: one dynamic table per
+direction); SETTINGS_HEADER_TABLE_SIZE sent by one end bounds the table of
+the other end's encoder, so it changes the decoder of the OTHER direction
+(RFC 9113 §6.5.2). Once bytes are lost the HPACK tables are untrusted, so
+the connection is then passed through raw ("desync").
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+
+import hpack
+import hpack.exceptions
+from hyperframe.exceptions import HyperframeError
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PushPromiseFrame,
+    RstStreamFrame,
+    SettingsFrame,
+)
+
+from ecapture.errors import ProtocolError
+from ecapture.events import TlsData
+from ecapture.processor.base import BodyBuffer, body_lost
+from ecapture.processor.grpc import header_value, is_grpc, split_grpc_messages
+from ecapture.processor.model import (
+    ConnectionInfo,
+    GrpcMessage,
+    Headers,
+    HttpExchange,
+    HttpRequest,
+    HttpResponse,
+    ProcessorItem,
+    Unparsed,
+)
+from ecapture.processor.sniff import HTTP2_PREFACE
+
+FRAME_HEADER_SIZE = 9
+MAX_FRAME_SIZE = (1 << 24) - 1  # RFC 9113 §4.2: SETTINGS_MAX_FRAME_SIZE ceiling
+MAX_HEADER_BLOCK = 1 << 20  # HEADERS + CONTINUATION backlog kept per direction
+MAX_STREAMS = 4096  # open streams kept per connection; the oldest is flushed beyond
+DEFAULT_HEADER_TABLE_SIZE = 4096  # RFC 9113 §6.5.2
+
+_HPACK_ERRORS = (hpack.exceptions.HPACKError, ValueError, IndexError, UnicodeDecodeError)
+_FRAME_ERRORS = (HyperframeError, ValueError, struct.error)
+
+
+class _DesyncError(ProtocolError):
+    """Internal: the connection cannot be followed any more."""
+
+
+class _HalfStream:
+    """One direction of a stream: headers, body, trailers."""
+
+    __slots__ = ("body", "ended", "headers", "informational", "trailers")
+
+    def __init__(self, limit: int) -> None:
+        self.headers: Headers | None = None
+        self.trailers: Headers = ()
+        self.body = BodyBuffer(limit)
+        self.ended = False
+        self.informational: list[int] = []
+
+
+class _Stream:
+    __slots__ = ("request", "response", "started_ns", "stream_id")
+
+    def __init__(self, stream_id: int, started_ns: int, limit: int) -> None:
+        self.stream_id = stream_id
+        self.started_ns = started_ns
+        self.request = _HalfStream(limit)
+        self.response = _HalfStream(limit)
+
+
+class _Direction:
+    """One direction's byte buffer, HPACK decoder and header-block backlog."""
+
+    __slots__ = (
+        "block", "block_end_stream", "block_frame", "block_kind", "block_stream", "buffer",
+        "decoder", "expect_preface", "is_client", "pending_table_sizes",
+    )
+
+    def __init__(self, is_client: bool) -> None:
+        self.is_client = is_client
+        self.buffer = bytearray()
+        self.expect_preface = is_client
+        self.decoder = hpack.Decoder()
+        # header block being assembled: HEADERS or PUSH_PROMISE + CONTINUATIONs
+        self.block: bytearray | None = None
+        self.block_stream = 0  # the stream the block is for (promised, for PUSH_PROMISE)
+        self.block_frame = 0  # the stream its frames arrive on
+        self.block_end_stream = False
+        self.block_kind: type[Frame] = HeadersFrame
+        # SETTINGS_HEADER_TABLE_SIZE values this direction sent, not yet ACKed
+        self.pending_table_sizes: deque[int] = deque()
+
+
+def _split_pseudo(fields: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], Headers]:
+    pseudo: dict[bytes, bytes] = {}
+    regular = []
+    for name, value in fields:
+        if name.startswith(b":"):
+            pseudo.setdefault(name, value)
+        else:
+            regular.append((name, value))
+    return pseudo, tuple(regular)
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
+class Http2Parser:
+    """Both directions of one HTTP/2 connection; exchanges per stream."""
+
+    def __init__(self, info: ConnectionInfo, *, max_body_bytes: int) -> None:
+        self.info = info
+        self._max_body = max_body_bytes
+        self._client = _Direction(is_client=True)
+        self._server = _Direction(is_client=False)
+        self._streams: dict[int, _Stream] = {}
+        self._desynced = False
+        self._event_ns = 0
+
+    # -- the ConnectionParser interface ---------------------------------------
+
+    def feed(self, event: TlsData, from_client: bool, out: list[ProcessorItem]) -> None:
+        if self._desynced:
+            out.append(Unparsed(event, "desync"))
+            return
+        self._event_ns = event.timestamp_ns
+        direction = self._client if from_client else self._server
+        direction.buffer += event.data
+        try:
+            self._parse(direction, out)
+        except _DesyncError:
+            self._give_up(event, out)
+            return
+        if event.truncated:
+            self.gap(event, out)
+
+    def gap(self, event: TlsData, out: list[ProcessorItem]) -> None:
+        if not self._desynced:
+            self._event_ns = event.timestamp_ns
+            self._desynced = True
+            self._flush_streams(out)
+            self._client.buffer.clear()
+            self._server.buffer.clear()
+
+    def finish(self, timestamp_ns: int, closed: bool, out: list[ProcessorItem]) -> None:
+        self._event_ns = timestamp_ns
+        self._flush_streams(out)
+
+    # -- frames ----------------------------------------------------------------
+
+    def _give_up(self, event: TlsData, out: list[ProcessorItem]) -> None:
+        out.append(Unparsed(event, "desync"))
+        self.gap(event, out)
+
+    def _parse(self, direction: _Direction, out: list[ProcessorItem]) -> None:
+        buffer = direction.buffer
+        if direction.expect_preface:
+            if len(buffer) < len(HTTP2_PREFACE):
+                if not HTTP2_PREFACE.startswith(buffer):
+                    raise _DesyncError
+                return
+            if not buffer.startswith(HTTP2_PREFACE):
+                raise _DesyncError
+            del buffer[: len(HTTP2_PREFACE)]
+            direction.expect_preface = False
+        if len(buffer) < FRAME_HEADER_SIZE:
+            return
+        if len(buffer) < FRAME_HEADER_SIZE + int.from_bytes(buffer[:3], "big"):
+            return  # the first frame is still incomplete: no copy yet
+        data = bytes(buffer)
+        pos = 0
+        size = len(data)
+        with memoryview(data) as view:
+            while size - pos >= FRAME_HEADER_SIZE:
+                try:
+                    frame, length = Frame.parse_frame_header(view[pos : pos + FRAME_HEADER_SIZE])
+                except _FRAME_ERRORS as error:
+                    raise _DesyncError from error
+                end = pos + FRAME_HEADER_SIZE + length
+                if end > size:
+                    break
+                try:
+                    frame.parse_body(view[pos + FRAME_HEADER_SIZE : end])
+                except _FRAME_ERRORS as error:
+                    raise _DesyncError from error
+                pos = end
+                self._frame(direction, frame, out)
+        del buffer[:pos]
+
+    def _frame(self, direction: _Direction, frame: Frame, out: list[ProcessorItem]) -> None:
+        if direction.block is not None:
+            if not isinstance(frame, ContinuationFrame) or frame.stream_id != direction.block_frame:
+                raise _DesyncError  # RFC 9113 §6.10: nothing may interleave a header block
+            direction.block += frame.data
+            if len(direction.block) > MAX_HEADER_BLOCK:
+                raise _DesyncError
+            if "END_HEADERS" in frame.flags:
+                self._header_block(direction, out)
+            return
+        if isinstance(frame, DataFrame):
+            self._data(direction, frame, out)
+        elif isinstance(frame, HeadersFrame | PushPromiseFrame):
+            direction.block = bytearray(frame.data)
+            direction.block_kind = type(frame)
+            direction.block_frame = frame.stream_id
+            direction.block_end_stream = "END_STREAM" in frame.flags
+            direction.block_stream = (
+                frame.promised_stream_id if isinstance(frame, PushPromiseFrame)
+                else frame.stream_id
+            )
+            if frame.stream_id == 0:
+                raise _DesyncError
+            if "END_HEADERS" in frame.flags:
+                self._header_block(direction, out)
+        elif isinstance(frame, ContinuationFrame):
+            raise _DesyncError  # a CONTINUATION with no header block open
+        elif isinstance(frame, SettingsFrame):
+            self._settings(direction, frame)
+        elif isinstance(frame, RstStreamFrame):
+            stream = self._streams.pop(frame.stream_id, None)
+            if stream is not None:
+                self._emit(stream, False, out)
+        elif isinstance(frame, GoAwayFrame):
+            # streams above last_stream_id were not and will not be processed
+            # (RFC 9113 §6.8)
+            for stream_id in [key for key in self._streams if key > frame.last_stream_id]:
+                self._emit(self._streams.pop(stream_id), False, out)
+        # PING, PRIORITY, WINDOW_UPDATE and extension frames carry no message data
+
+    def _settings(self, direction: _Direction, frame: SettingsFrame) -> None:
+        other = self._server if direction.is_client else self._client
+        if "ACK" in frame.flags:
+            # the other end's announced size takes effect once acknowledged
+            if other.pending_table_sizes:
+                direction.decoder.max_allowed_table_size = other.pending_table_sizes.popleft()
+            return
+        size = frame.settings.get(SettingsFrame.HEADER_TABLE_SIZE)
+        if size is None:
+            return
+        direction.pending_table_sizes.append(size)
+        decoder = other.decoder
+        # a larger limit may be used by the encoder as soon as it reads this
+        # frame, possibly before we see the ACK: allow it at once
+        decoder.max_allowed_table_size = max(decoder.max_allowed_table_size, size)
+
+    def _stream(self, stream_id: int, out: list[ProcessorItem]) -> _Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if len(self._streams) >= MAX_STREAMS:
+                oldest = next(iter(self._streams))
+                self._emit(self._streams.pop(oldest), False, out)
+            stream = _Stream(stream_id, self._event_ns, self._max_body)
+            self._streams[stream_id] = stream
+        return stream
+
+    def _header_block(self, direction: _Direction, out: list[ProcessorItem]) -> None:
+        block = direction.block
+        direction.block = None
+        if block is None:
+            return
+        try:
+            decoded = direction.decoder.decode(bytes(block), raw=True)
+        except _HPACK_ERRORS as error:
+            raise _DesyncError from error
+        # raw=True yields bytes; plain tuples keep the records simple
+        fields = [(bytes(name), bytes(value)) for name, value in decoded]
+        stream = self._stream(direction.block_stream, out)
+        pseudo, regular = _split_pseudo(fields)
+        if direction.block_kind is PushPromiseFrame:
+            # a promised request is sent by the server (RFC 9113 §8.4)
+            stream.request.headers = tuple(fields)
+            stream.request.ended = True
+            return
+        if direction.is_client:
+            half = stream.request
+            if half.headers is None:
+                half.headers = tuple(fields)
+            else:
+                half.trailers = regular
+        else:
+            half = stream.response
+            status = pseudo.get(b":status", b"")
+            if half.headers is None and status[:1] == b"1" and len(status) == 3:
+                half.informational.append(int(status))  # interim response
+                return
+            if half.headers is None:
+                half.headers = tuple(fields)
+            else:
+                half.trailers = regular
+        if direction.block_end_stream:
+            self._end(stream, half, out)
+
+    def _data(self, direction: _Direction, frame: DataFrame, out: list[ProcessorItem]) -> None:
+        if frame.stream_id == 0:
+            raise _DesyncError
+        stream = self._stream(frame.stream_id, out)
+        half = stream.request if direction.is_client else stream.response
+        half.body.add(frame.data)
+        if "END_STREAM" in frame.flags:
+            self._end(stream, half, out)
+
+    def _end(self, stream: _Stream, half: _HalfStream, out: list[ProcessorItem]) -> None:
+        half.ended = True
+        if half is stream.response:
+            del self._streams[stream.stream_id]
+            self._emit(stream, stream.request.ended, out)
+
+    # -- exchanges -------------------------------------------------------------
+
+    def _flush_streams(self, out: list[ProcessorItem]) -> None:
+        streams = self._streams
+        self._streams = {}
+        for stream in streams.values():
+            self._emit(stream, False, out)
+
+    def _emit(self, stream: _Stream, complete: bool, out: list[ProcessorItem]) -> None:
+        request = stream.request
+        response = stream.response
+        http_request = None
+        http_response = None
+        content_type = None
+        request_regular: Headers = ()
+        response_regular: Headers = ()
+        if request.headers is not None:
+            pseudo, request_regular = _split_pseudo(list(request.headers))
+            content_type = header_value(request_regular, b"content-type")
+            http_request = HttpRequest(
+                method=_text(pseudo.get(b":method")) or "",
+                target=_text(pseudo.get(b":path")) or "",
+                authority=_text(pseudo.get(b":authority")), scheme=_text(pseudo.get(b":scheme")),
+                version="HTTP/2", headers=request_regular, body=bytes(request.body.data),
+                trailers=request.trailers, body_truncated=request.body.dropped > 0,
+            )
+        if response.headers is not None:
+            pseudo, response_regular = _split_pseudo(list(response.headers))
+            status = pseudo.get(b":status", b"")
+            content_type = content_type or header_value(response_regular, b"content-type")
+            http_response = HttpResponse(
+                status=int(status) if status.isdigit() else 0, reason="", version="HTTP/2",
+                headers=response_regular, body=bytes(response.body.data),
+                trailers=response.trailers, body_truncated=response.body.dropped > 0,
+                informational=tuple(response.informational),
+            )
+        grpc_request: tuple[GrpcMessage, ...] = ()
+        grpc_response: tuple[GrpcMessage, ...] = ()
+        if is_grpc(content_type):
+            grpc_request = split_grpc_messages(
+                bytes(request.body.data), header_value(request_regular, b"grpc-encoding")
+            )
+            grpc_response = split_grpc_messages(
+                bytes(response.body.data), header_value(response_regular, b"grpc-encoding")
+            )
+        out.append(HttpExchange(
+            connection=self.info, request=http_request, response=http_response,
+            started_ns=stream.started_ns, finished_ns=self._event_ns, stream_id=stream.stream_id,
+            grpc_request=grpc_request, grpc_response=grpc_response,
+            complete=complete and http_request is not None and http_response is not None,
+        ))
+        for half in (request, response):
+            if half.body.dropped:
+                out.append(body_lost(self.info, self._event_ns, half.body.dropped))

@@ -1,0 +1,256 @@
+"""Connections by (pid, conn_id): which protocol, which side, which parser.
+
+The tracker runs for every captured event, so the common paths are short: a
+connection known not to be HTTP costs one dict lookup and one Unparsed item.
+Memory is bounded by `max_connections` (least recently used evicted, its
+exchanges flushed), `max_body_bytes` per body and small sniffing buffers.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from ecapture.events import ConnClose, Direction, TlsData
+from ecapture.processor.base import ConnectionParser
+from ecapture.processor.http1 import Http1Parser
+from ecapture.processor.http2 import Http2Parser
+from ecapture.processor.model import ConnectionInfo, ProcessorItem, Unparsed
+from ecapture.processor.sniff import (
+    ANY_START,
+    MAX_START_LINE,
+    START_MARKER,
+    Sniff,
+    Start,
+    sniff_start,
+)
+
+# Sniffing waits for at most this much before deciding (a start line is short).
+MAX_SNIFF_BYTES = 16 << 10
+MAX_SNIFF_EVENTS = 16
+# A connection joined mid-way is scanned for a start line this long, then
+# taken for not HTTP.
+MAX_SCAN_BYTES = 1 << 20
+
+
+class _Connection:
+    __slots__ = (
+        "client_direction", "event", "last_ns", "parser", "pending", "reason", "scanned",
+        "sniffed", "tails",
+    )
+
+    def __init__(self, event: TlsData) -> None:
+        self.event = event  # the first one: who owns the connection
+        self.last_ns = event.timestamp_ns
+        self.parser: ConnectionParser | None = None
+        self.client_direction = Direction.SEND
+        # set once the connection is known not to be parsed: the fast path
+        self.reason: str | None = None
+        self.pending: list[TlsData] = []  # held while sniffing
+        self.sniffed = [bytearray(), bytearray()]  # first bytes by Direction
+        self.tails: list[bytearray] | None = None  # partial lines by Direction, when scanning
+        self.scanned = 0
+
+
+def _connection_info(event: TlsData, client_direction: Direction) -> ConnectionInfo:
+    if client_direction is Direction.SEND:
+        client, server = event.local, event.remote
+    else:
+        client, server = event.remote, event.local
+    return ConnectionInfo(
+        pid=event.pid, comm=event.comm, uid=event.uid, fd=event.fd, conn_id=event.conn_id,
+        client=client, server=server,
+    )
+
+
+class ConnectionTracker:
+    """Routes captured TLS plaintext to per-connection HTTP parsers."""
+
+    def __init__(
+        self,
+        *,
+        idle_timeout_ns: int = 60_000_000_000,
+        max_connections: int = 16384,
+        max_body_bytes: int = 8 << 20,
+        parse_http: bool = True,
+    ) -> None:
+        self._idle_timeout_ns = idle_timeout_ns
+        self._max_connections = max(1, max_connections)
+        self._max_body_bytes = max_body_bytes
+        self._parse_http = parse_http
+        # least recently used first
+        self._connections: OrderedDict[tuple[int, int], _Connection] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def feed(self, event: TlsData) -> list[ProcessorItem]:
+        """One captured chunk, in capture order."""
+        key = (event.pid, event.conn_id)
+        connection = self._connections.get(key)
+        if connection is not None:
+            self._connections.move_to_end(key)
+            connection.last_ns = event.timestamp_ns
+            reason = connection.reason
+            if reason is not None:
+                return [Unparsed(event, reason)]
+            parser = connection.parser
+            if parser is not None:
+                out: list[ProcessorItem] = []
+                if event.lost_records:
+                    parser.gap(event, out)
+                parser.feed(event, event.direction is connection.client_direction, out)
+                return out
+            out = []
+            if event.lost_records and connection.tails is None:
+                self._lost_while_sniffing(connection, out)
+        else:
+            connection = _Connection(event)
+            self._connections[key] = connection
+            out = []
+            if len(self._connections) > self._max_connections:
+                self._evict(event.timestamp_ns, out)
+            if not self._parse_http:
+                connection.reason = "not-parsed"
+                out.append(Unparsed(event, "not-parsed"))
+                return out
+            if event.lost_records:
+                connection.tails = [bytearray(), bytearray()]  # its start was lost
+        if connection.tails is not None:
+            self._scan(connection, event, out)
+        else:
+            self._sniff(connection, event, out)
+        return out
+
+    def close(self, event: ConnClose) -> list[ProcessorItem]:
+        """The socket was closed: flush that connection at once."""
+        connection = self._connections.pop((event.pid, event.conn_id), None)
+        out: list[ProcessorItem] = []
+        if connection is not None:
+            self._finish(connection, event.timestamp_ns, True, out)
+        return out
+
+    def expire(self, now_ns: int) -> list[ProcessorItem]:
+        """Flush connections idle longer than the idle timeout."""
+        out: list[ProcessorItem] = []
+        connections = self._connections
+        deadline = now_ns - self._idle_timeout_ns
+        # least recently used first, so the idle ones are at the front
+        while connections:
+            key, connection = next(iter(connections.items()))
+            if connection.last_ns >= deadline:
+                break
+            del connections[key]
+            self._finish(connection, now_ns, False, out)
+        return out
+
+    def flush(self) -> list[ProcessorItem]:
+        """At exit: everything still in flight, marked incomplete."""
+        out: list[ProcessorItem] = []
+        while self._connections:
+            _, connection = self._connections.popitem(last=False)
+            self._finish(connection, connection.last_ns, False, out)
+        return out
+
+    # -- internals -------------------------------------------------------------
+
+    def _evict(self, timestamp_ns: int, out: list[ProcessorItem]) -> None:
+        _, connection = self._connections.popitem(last=False)
+        self._finish(connection, timestamp_ns, False, out)
+
+    def _finish(
+        self, connection: _Connection, timestamp_ns: int, closed: bool, out: list[ProcessorItem]
+    ) -> None:
+        if connection.parser is not None:
+            connection.parser.finish(timestamp_ns, closed, out)
+            return
+        for pending in connection.pending:  # still sniffing: never decided
+            out.append(Unparsed(pending, "not-http"))
+        connection.pending.clear()
+
+    def _lost_while_sniffing(self, connection: _Connection, out: list[ProcessorItem]) -> None:
+        """A gap before the protocol was known: scan what was held instead."""
+        pending = connection.pending
+        connection.pending = []
+        connection.sniffed = []
+        connection.tails = [bytearray(), bytearray()]
+        for held in pending:
+            self._scan(connection, held, out)
+
+    def _sniff(self, connection: _Connection, event: TlsData, out: list[ProcessorItem]) -> None:
+        """Decide protocol and roles from the first bytes of each direction."""
+        connection.pending.append(event)
+        sniffed = connection.sniffed[event.direction]
+        sniffed += event.data[: MAX_SNIFF_BYTES - len(sniffed)]
+        verdict = sniff_start(sniffed)
+        if verdict is Sniff.NEED_MORE and (
+            len(connection.pending) < MAX_SNIFF_EVENTS
+            and sum(len(buffer) for buffer in connection.sniffed) < MAX_SNIFF_BYTES
+        ):
+            return
+        pending = connection.pending
+        connection.pending = []
+        connection.sniffed = []
+        if not isinstance(verdict, Start):
+            # not a message start: joined mid-way, or not HTTP at all
+            connection.tails = [bytearray(), bytearray()]
+            for held in pending:
+                self._scan(connection, held, out)
+            return
+        client = event.direction
+        if verdict is Start.RESPONSE:
+            client = Direction(1 - event.direction)
+        self._start_parser(connection, verdict, client, None)
+        for held in pending:
+            self._feed_parser(connection, held, out)
+
+    def _scan(self, connection: _Connection, event: TlsData, out: list[ProcessorItem]) -> None:
+        """Joined mid-way: look for an HTTP/1 start line in either direction."""
+        tails = connection.tails
+        if tails is None or connection.parser is not None:
+            self._feed_parser(connection, event, out)
+            return
+        tail = tails[event.direction]
+        carried = bytes(tail)
+        tail += event.data
+        match = ANY_START.search(tail) if START_MARKER in tail else None
+        if match is None:
+            connection.scanned += len(event.data)
+            out.append(Unparsed(event, "mid-stream"))
+            del tail[: tail.rfind(b"\n") + 1]
+            if len(tail) > MAX_START_LINE:
+                tail.clear()
+            if connection.scanned > MAX_SCAN_BYTES:
+                connection.reason = "not-http"
+                connection.tails = None
+            return
+        start = Start.REQUEST if match.group("request") is not None else Start.RESPONSE
+        client = event.direction if start is Start.REQUEST else Direction(1 - event.direction)
+        self._start_parser(connection, start, client, "mid-stream")
+        connection.tails = None
+        parser = connection.parser
+        if isinstance(parser, Http1Parser):
+            parser.prime(event.direction is client, carried)
+        self._feed_parser(connection, event, out)
+
+    def _start_parser(
+        self, connection: _Connection, start: Start, client: Direction, resync: str | None
+    ) -> None:
+        connection.client_direction = client
+        info = _connection_info(connection.event, client)
+        if start is Start.HTTP2:
+            connection.parser = Http2Parser(info, max_body_bytes=self._max_body_bytes)
+        else:
+            connection.parser = Http1Parser(
+                info, max_body_bytes=self._max_body_bytes, resync_reason=resync
+            )
+
+    def _feed_parser(
+        self, connection: _Connection, event: TlsData, out: list[ProcessorItem]
+    ) -> None:
+        parser = connection.parser
+        if parser is None:
+            out.append(Unparsed(event, connection.reason or "not-http"))
+            return
+        if parser.info.client is None and event.remote is not None:
+            parser.info = _connection_info(event, connection.client_direction)
+        parser.feed(event, event.direction is connection.client_direction, out)
