@@ -9,7 +9,6 @@ never qualifies although its name looks alike.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,6 @@ from ecapture.errors import LibraryNotFound
 PROC = Path("/proc")
 # OpenSSL 3 first, then 1.1 (Debian 12 ships 3; 1.1 survives in older images).
 LIBSSL_SONAMES = ("libssl.so.3", "libssl.so.1.1")
-NSS_LIBSSL = "libssl3.so"
-LIBSSL_NAME = re.compile(r"^libssl[\w.-]*\.so(\.[\w.]+)?$")
 TARGET_FUNCTION = "SSL_write"
 DELETED_SUFFIX = " (deleted)"
 
@@ -35,11 +32,6 @@ def system_libssl() -> Path | None:
         if path is not None:
             return path.resolve()
     return None
-
-
-def looks_like_libssl(name: str) -> bool:
-    """libssl*.so* but not NSS's libssl3.so (its API is SSL_ImportFD & co., no SSL_write)."""
-    return name != NSS_LIBSSL and LIBSSL_NAME.match(name) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +153,10 @@ class TargetScanner:
                     entry.path, entry.host_path = readable, True
                 entry.pids.add(process)
         return sorted(
-            (SslTarget(entry.path, tuple(sorted(entry.pids)), entry.flavor) for entry in found.values()),
+            (
+                SslTarget(entry.path, tuple(sorted(entry.pids)), entry.flavor)
+                for entry in found.values()
+            ),
             key=lambda target: str(target.path),
         )
 
