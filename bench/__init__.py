@@ -1,0 +1,5 @@
+"""`make bench`: ratios to a baseline measured in the same invocation (BENCH.md).
+
+Each figure in the printed table is relative to "no tracing" runs interleaved with the traced
+runs, with the load average noted per row; a JSON copy goes to bench/results/.
+"""
