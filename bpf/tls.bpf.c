@@ -20,6 +20,10 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* Keep every record type in the object's BTF: the layout test reads it. */
+const struct tls_data_event *unused_tls_data_event __attribute__((unused));
+const struct conn_close_event *unused_conn_close_event __attribute__((unused));
+
 #define AF_INET 2
 #define AF_INET6 10
 #define S_IFMT 00170000

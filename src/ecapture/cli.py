@@ -141,17 +141,29 @@ def _install_stop_handlers(module: Module) -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def parse_config(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+) -> tuple[type[Module], GlobalConfig] | None:
+    """Flags → (module class, validated config); None when no command was given.
+
+    argparse exits with status 2 on a malformed flag; a value that parses but
+    is invalid raises ConfigError naming the flag."""
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    common = _common_config(args)
+        return None
+    cls = module_class(args.command)
+    return cls, cls.config_from_args(args, _common_config(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     try:
-        setup_logging(debug=common["debug"], logaddr=common["logaddr"])
-        cls = module_class(args.command)
-        config: GlobalConfig = cls.config_from_args(args, common)
+        parsed = parse_config(parser, argv)
+        if parsed is None:
+            parser.print_help(sys.stderr)
+            return 2
+        cls, config = parsed
+        setup_logging(debug=config.debug, logaddr=config.logaddr)
         return run(cls(config))
     except ConfigError as error:
         print(f"ecapture: error: {error}", file=sys.stderr)

@@ -76,7 +76,7 @@ class GlobalConfig:
         # The ring size must be a power-of-two multiple of the page size.
         if kib < 4 or kib & (kib - 1):
             raise ConfigError(f"--mapsize must be a power of two >= 4 (KiB), got {kib}")
-        if self.btf is BtfMode.NON_CORE:
+        if self.btf == BtfMode.NON_CORE:
             raise ConfigError(
                 "-b 2 (non-CO-RE) is not supported: this build needs kernel BTF "
                 "(/sys/kernel/btf/vmlinux) or --btf-file"

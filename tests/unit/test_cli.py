@@ -1,0 +1,92 @@
+"""Command-line parsing (no root: nothing is run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ecapture.cli import build_parser, main, parse_config
+from ecapture.config import OutputFormat, ProbePlacement
+from ecapture.modules.openssl import OpensslModule, TlsConfig
+
+
+def parse(*argv: str) -> TlsConfig:
+    parsed = parse_config(build_parser(), list(argv))
+    assert parsed is not None
+    cls, config = parsed
+    assert cls is OpensslModule
+    assert isinstance(config, TlsConfig)
+    return config
+
+
+def test_global_flags_before_and_after_the_command() -> None:
+    before = parse("-p", "42", "--format", "json", "tls", "-u", "1000")
+    after = parse("tls", "-p", "42", "-u", "1000", "--format", "json")
+    assert before == after
+    assert before.pid == 42 and before.uid == 1000
+    assert before.output_format is OutputFormat.JSON
+
+
+def test_openssl_is_an_alias_of_tls() -> None:
+    assert parse("openssl", "--libssl", "/lib/libssl.so.3").libssl == "/lib/libssl.so.3"
+
+
+def test_every_flag_reaches_the_config() -> None:
+    config = parse(
+        "tls", "--hex", "-t", "64", "--mapsize", "8192", "-b", "1", "--btf-file", "/b",
+        "-d", "-l", "/tmp/log", "--eventaddr", "/tmp/ev", "--har", "/tmp/h.har",
+        "--color", "never", "--probe-placement", "exported", "--kernel-call-limit", "65536",
+        "-m", "text",
+    )
+    assert config.hex and config.tsize == 64 and config.mapsize_kib == 8192
+    assert config.btf == 1 and config.btf_file == "/b" and config.debug
+    assert config.logaddr == "/tmp/log" and config.eventaddr == "/tmp/ev"
+    assert config.har_file == "/tmp/h.har" and config.color is False
+    assert config.probe_placement is ProbePlacement.EXPORTED
+    assert config.kernel_call_limit == 65536
+
+
+def test_help_of_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["tls", "--help"], ["openssl", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--libssl" in out and "--pid" in out and "--probe-placement" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["tls", "-p", "abc"], "invalid int value: 'abc'"),
+        (["tls", "--format", "xml"], "invalid choice: 'xml'"),
+        (["nosuchmodule"], "invalid choice: 'nosuchmodule'"),
+    ],
+)
+def test_malformed_flags_exit_2(argv: list[str], message: str,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["tls", "-m", "keylog"], "ecapture: error: -m keylog is not available"),
+        (["tls", "--mapsize", "3000"], "ecapture: error: --mapsize must be a power of two"),
+        (["tls", "-p", "-4"], "ecapture: error: -p/--pid must be >= 0"),
+    ],
+)
+def test_invalid_values_give_one_line(argv: list[str], message: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == err.strip().splitlines()[0]  # one line
+    assert err.startswith(message)
+    assert "Traceback" not in err
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: ecapture" in capsys.readouterr().err

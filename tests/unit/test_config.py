@@ -1,0 +1,53 @@
+"""Configs: validation names the flag; JSON round-trips (no root)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ecapture.config import CaptureModel, GlobalConfig, OutputFormat, ProbePlacement
+from ecapture.errors import ConfigError
+from ecapture.modules.openssl import TlsConfig
+
+
+def test_defaults() -> None:
+    config = TlsConfig()
+    assert config.pid == 0 and config.uid is None
+    assert config.mapsize_kib == 64 * 1024  # BENCH.md: >= 64 MiB holds bursts
+    assert config.model is CaptureModel.TEXT
+    assert config.probe_placement is ProbePlacement.AUTO
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"pid": -1}, "-p/--pid must be >= 0, got -1"),
+        ({"uid": -5}, "-u/--uid must be >= 0"),
+        ({"tsize": -1}, "-t/--tsize must be >= 0"),
+        ({"mapsize_kib": 1000}, "--mapsize must be a power of two"),
+        ({"mapsize_kib": 2}, "--mapsize must be a power of two >= 4"),
+        ({"btf": 2}, "non-CO-RE"),
+        ({"model": CaptureModel.KEYLOG}, "-m keylog is not available"),
+        ({"kernel_call_limit": 0}, "--kernel-call-limit must be in"),
+    ],
+)
+def test_invalid_values_name_the_flag(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TlsConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_json_round_trip() -> None:
+    config = TlsConfig(pid=7, uid=1000, tsize=100, output_format=OutputFormat.JSON,
+                       libssl="/x/libssl.so.3", probe_placement=ProbePlacement.EXPORTED)
+    assert TlsConfig.from_json(config.to_json()) == config
+
+
+def test_json_for_another_config_is_refused() -> None:
+    with pytest.raises(ConfigError, match="configuration is for GlobalConfig, not TlsConfig"):
+        TlsConfig.from_json(GlobalConfig().to_json())
+
+
+def test_json_validation_error_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="invalid configuration"):
+        TlsConfig.from_json(b'{"kind": "TlsConfig", "pid": "many"}')
+    with pytest.raises(ConfigError, match="-p/--pid"):
+        TlsConfig.from_json(b'{"kind": "TlsConfig", "pid": -3}')

@@ -1,0 +1,115 @@
+"""Decoding kernel records into typed events (no root)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from ecapture.errors import DecodeError
+from ecapture.events import (
+    CONN_CLOSE_FIELDS,
+    RECORD_HEADER,
+    TLS_DATA_FIELDS,
+    Clock,
+    ConnClose,
+    Direction,
+    Endpoint,
+    RecordKind,
+    TlsData,
+    decode_record,
+)
+
+CLOCK = Clock(offset_ns=1_000)
+
+
+def header(kind: int, *, pid: int = 42, tid: int = 43, comm: bytes = b"curl") -> bytes:
+    return RECORD_HEADER.pack(kind, pid, tid, 1000, 5_000, 0xABCDEF, comm)
+
+
+def data_record(payload: bytes, *, direction: int = 1, flags: int = 1, lost: int = 0,
+                family: int = socket.AF_INET, data_len: int | None = None) -> bytes:
+    local = socket.inet_aton("127.0.0.1") + bytes(12)
+    remote = socket.inet_aton("10.1.2.3") + bytes(12)
+    fields = TLS_DATA_FIELDS.pack(
+        7, direction, flags, 99, len(payload), 0,
+        len(payload) if data_len is None else data_len, lost, lost * 10,
+        family, 40000, local, family, 443, remote,
+    )
+    return header(RecordKind.TLS_DATA) + fields + payload
+
+
+def test_data_record_decodes_every_field() -> None:
+    event = decode_record(data_record(b"GET / HTTP/1.1\r\n"), CLOCK)
+    assert isinstance(event, TlsData)
+    assert event.data == b"GET / HTTP/1.1\r\n"
+    assert (event.pid, event.tid, event.uid, event.comm) == (42, 43, 1000, "curl")
+    assert event.timestamp_ns == 6_000
+    assert event.conn_id == 0xABCDEF
+    assert event.fd == 7
+    assert event.direction is Direction.SEND
+    assert event.call_id == 99 and event.call_len == 16 and event.offset == 0
+    assert event.last_chunk and not event.truncated
+    assert event.local == Endpoint("127.0.0.1", 40000)
+    assert event.remote == Endpoint("10.1.2.3", 443)
+    # A send goes from the local end to the remote one.
+    assert str(event.src) == "127.0.0.1:40000" and str(event.dst) == "10.1.2.3:443"
+
+
+def test_recv_swaps_src_and_dst() -> None:
+    event = decode_record(data_record(b"x", direction=0, flags=3), CLOCK)
+    assert isinstance(event, TlsData)
+    assert event.direction is Direction.RECV and event.truncated
+    assert str(event.src) == "10.1.2.3:443"
+
+
+def test_unknown_family_gives_no_endpoint() -> None:
+    event = decode_record(data_record(b"x", family=0), CLOCK)
+    assert isinstance(event, TlsData)
+    assert event.local is None and event.src is None
+
+
+def test_ipv6_and_mapped_ipv4() -> None:
+    from ecapture.events import decode_endpoint
+
+    v6 = decode_endpoint(socket.AF_INET6, 443, socket.inet_pton(socket.AF_INET6, "::1"))
+    assert str(v6) == "[::1]:443"
+    mapped = socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1")
+    assert str(decode_endpoint(socket.AF_INET6, 80, mapped)) == "127.0.0.1:80"
+
+
+def test_close_record() -> None:
+    raw = header(RecordKind.CONN_CLOSE) + CONN_CLOSE_FIELDS.pack(9, 2, 300)
+    event = decode_record(raw, CLOCK)
+    assert isinstance(event, ConnClose)
+    assert (event.fd, event.lost_records, event.lost_bytes) == (9, 2, 300)
+
+
+def test_comm_with_invalid_utf8_is_replaced() -> None:
+    raw = header(RecordKind.CONN_CLOSE, comm=b"a\xffb\0junk") + CONN_CLOSE_FIELDS.pack(1, 0, 0)
+    event = decode_record(raw, CLOCK)
+    assert event.comm == "a\ufffdb"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"\x01\x00", "shorter than its 48-byte header"),
+        (header(RecordKind.TLS_DATA) + b"\0" * 10, "tls_data_event of 58 bytes"),
+        (data_record(b"abc", data_len=10), "claims 10 payload bytes but carries 3"),
+        (header(RecordKind.CONN_CLOSE), "conn_close_event of 48 bytes"),
+        (header(77), "unknown record kind 77"),
+    ],
+)
+def test_malformed_records_raise_decode_error(raw: bytes, message: str) -> None:
+    with pytest.raises(DecodeError, match=message):
+        decode_record(raw, CLOCK)
+
+
+def test_clock_offset_default_is_epoch() -> None:
+    import time
+
+    clock = Clock()
+    assert abs(clock.to_epoch(time.monotonic_ns()) - time.time_ns()) < 1_000_000_000
+    assert struct.calcsize("<Q") == 8

@@ -1,0 +1,74 @@
+"""The Python struct formats of events.py against the BTF of the built object.
+
+bpf/events.h is the one declaration; a field moved there without the same
+change in events.py fails here (after bpf2go's generated mirrors).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ecapture import events
+
+OBJECT = Path(__file__).resolve().parents[2] / "src/ecapture/objects/tls.bpf.o"
+
+
+@pytest.fixture(scope="module")
+def btf_structs() -> dict[str, dict[str, Any]]:
+    if not OBJECT.is_file():
+        pytest.skip(f"{OBJECT} is not built: run `make bpf`")
+    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
+    if not Path(bpftool).exists():
+        pytest.skip("bpftool is not installed (Debian package bpftool)")
+    dump = subprocess.run(
+        [bpftool, "-j", "btf", "dump", "file", str(OBJECT)],
+        check=True, capture_output=True, timeout=30,
+    )
+    types = json.loads(dump.stdout)["types"]
+    return {t["name"]: t for t in types if t.get("kind") == "STRUCT" and t.get("name")}
+
+
+def offsets(struct_type: dict[str, Any]) -> dict[str, int]:
+    return {m["name"]: m["bits_offset"] // 8 for m in struct_type["members"]}
+
+
+def test_record_header(btf_structs: dict[str, dict[str, Any]]) -> None:
+    header = btf_structs["record_header"]
+    assert header["size"] == events.RECORD_HEADER.size
+    assert offsets(header) == {
+        "kind": 0, "pid": 4, "tid": 8, "uid": 12, "timestamp_ns": 16, "conn_id": 24, "comm": 32,
+    }
+
+
+def test_tls_data_event(btf_structs: dict[str, dict[str, Any]]) -> None:
+    event = btf_structs["tls_data_event"]
+    fields = offsets(event)
+    assert fields["data"] == events.TLS_DATA_HEADER_SIZE
+    assert event["size"] == events.TLS_DATA_HEADER_SIZE + events.MAX_CHUNK_SIZE
+    # Each field at the offset its position in TLS_DATA_FIELDS gives.
+    base = events.RECORD_HEADER.size
+    expected = {
+        "fd": "<", "direction": "<i", "flags": "<iB", "call_id": "<iBBxx",
+        "call_len": "<iBBxxQ", "offset": "<iBBxxQQ", "data_len": "<iBBxxQQQ",
+        "lost_records": "<iBBxxQQQI", "lost_bytes": "<iBBxxQQQII",
+        "local": "<iBBxxQQQIIQ", "remote": "<iBBxxQQQIIQHH16s",
+    }
+    for name, prefix in expected.items():
+        assert fields[name] == base + struct.calcsize(prefix), name
+    assert btf_structs["sock_addr"]["size"] == struct.calcsize("<HH16s")
+
+
+def test_conn_close_event(btf_structs: dict[str, dict[str, Any]]) -> None:
+    event = btf_structs["conn_close_event"]
+    assert event["size"] == events.CONN_CLOSE_SIZE
+    base = events.RECORD_HEADER.size
+    assert offsets(event) == {
+        "header": 0, "fd": base, "lost_records": base + 4, "lost_bytes": base + 8,
+    }
