@@ -176,8 +176,17 @@ def _libc() -> ctypes.CDLL:
     return library
 
 
+# Kernel-internal codes that leak to user space and that libc has no text for
+# (include/linux/errno.h).
+_KERNEL_ERRNO_TEXT = {
+    524: "Operation not supported by this map or program type (ENOTSUPP)",
+}
+
+
 def strerror(code: int) -> str:
     """libbpf's text for an error code (it knows its own LIBBPF_ERRNO__* codes too)."""
+    if abs(code) in _KERNEL_ERRNO_TEXT:
+        return _KERNEL_ERRNO_TEXT[abs(code)]
     buffer = ctypes.create_string_buffer(256)
     libbpf().libbpf_strerror(abs(code), buffer, len(buffer))
     return buffer.value.decode(errors="replace") or os.strerror(abs(code))

@@ -56,8 +56,7 @@ def pack(constant: Constant, value: int | bytes) -> bytes:
     if isinstance(value, bytes):
         if len(value) != constant.size:
             raise ConfigError(
-                f"BPF constant {constant.name!r} is {constant.size} bytes; "
-                f"got {len(value)} bytes"
+                f"BPF constant {constant.name!r} is {constant.size} bytes; got {len(value)} bytes"
             )
         return value
     bits = constant.size * 8

@@ -37,6 +37,7 @@ def effective_capabilities(status_text: str) -> int:
 
 def can_trace(capabilities: int) -> bool:
     """CAP_BPF + CAP_PERFMON (Linux >= 5.8), or CAP_SYS_ADMIN which older kernels need."""
+
     def has(bit: int) -> bool:
         return bool(capabilities >> bit & 1)
 
@@ -46,9 +47,7 @@ def can_trace(capabilities: int) -> bool:
 def check_environment(*, btf_custom_path: str | None = None) -> None:
     """Raise the first reason this machine cannot run the capture, in the user's terms."""
     if not can_trace(effective_capabilities(PROCESS_STATUS.read_text())):
-        raise PermissionDenied(
-            "ecapture needs root (CAP_BPF and CAP_PERFMON); run it with sudo"
-        )
+        raise PermissionDenied("ecapture needs root (CAP_BPF and CAP_PERFMON); run it with sudo")
     if btf_custom_path is not None:
         if not Path(btf_custom_path).is_file():
             raise UnsupportedKernel(f"the BTF file {btf_custom_path} (--btf-file) does not exist")

@@ -93,9 +93,7 @@ class PerfReader:
     def __init__(self, map_fd: int, map_name: str, pages_per_cpu: int) -> None:
         if pages_per_cpu <= 0 or pages_per_cpu & (pages_per_cpu - 1):
             # perf_buffer__new refuses it too, with a less helpful EINVAL
-            raise BpfError(
-                f"perf buffer pages per CPU must be a power of two; got {pages_per_cpu}"
-            )
+            raise BpfError(f"perf buffer pages per CPU must be a power of two; got {pages_per_cpu}")
         self.map_name = map_name
         pending: list[bytes | LostSamples] = []
         append = pending.append

@@ -69,20 +69,30 @@ class ObjectSpec:
             self._constants = rodata_constants(btf) if btf else {}
         return dict(self._constants)
 
-    def set_constant(self, name: str, value: int | bytes) -> None:
-        """Write a `const volatile` global before load (int: little-endian, its own size)."""
+    def _constant_address(self, name: str) -> tuple[Constant, int]:
         known = self.constants()
         constant = known.get(name)
         if constant is None:
             raise unknown(name, known, str(self.path))
-        data = pack(constant, value)
         size = ctypes.c_size_t(0)
+        # Before load this is libbpf's own copy of the section, the one the skeletons write.
         address = _libbpf.libbpf().bpf_map__initial_value(self._rodata_map(), ctypes.byref(size))
         if not address or constant.offset + constant.size > size.value:
             raise BpfError(
                 f"{self.path}: constant {name!r} lies outside .rodata ({size.value} bytes)"
             )
-        ctypes.memmove(address + constant.offset, data, len(data))
+        return constant, int(address) + constant.offset
+
+    def set_constant(self, name: str, value: int | bytes) -> None:
+        """Write a `const volatile` global before load (int: little-endian, its own size)."""
+        constant, address = self._constant_address(name)
+        data = pack(constant, value)
+        ctypes.memmove(address, data, len(data))
+
+    def constant_bytes(self, name: str) -> bytes:
+        """The bytes a constant will be loaded with."""
+        constant, address = self._constant_address(name)
+        return ctypes.string_at(address, constant.size)
 
     def _map(self, name: str) -> int:
         handle = _libbpf.libbpf().bpf_object__find_map_by_name(self._object(), name.encode())
