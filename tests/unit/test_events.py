@@ -35,7 +35,7 @@ def data_record(payload: bytes, *, direction: int = 1, flags: int = 1, lost: int
     fields = TLS_DATA_FIELDS.pack(
         7, direction, flags, 99, len(payload), 0,
         len(payload) if data_len is None else data_len, lost, lost * 10,
-        family, 40000, local, family, 443, remote,
+        struct.pack("<HH16s", family, 40000, local), struct.pack("<HH16s", family, 443, remote),
     )
     return header(RecordKind.TLS_DATA) + fields + payload
 
