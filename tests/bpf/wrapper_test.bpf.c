@@ -37,10 +37,11 @@ struct {
 	__uint(value_size, sizeof(__u32));
 } perf_events SEC(".maps");
 
-/* [0] = tp_btf hits, [1] = raw_tp hits, [2] = failed ring submissions */
+/* [0] = tp_btf hits, [1] = raw_tp hits, [2] = failed ring submissions,
+ * [3] = tracepoint hits */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 3);
+	__uint(max_entries, 4);
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
@@ -146,6 +147,16 @@ int count_sys_enter_raw(struct bpf_raw_tracepoint_args *args)
 	if (bpf_get_current_pid_tgid() >> 32 != target_tgid)
 		return 0;	/* another process */
 	count(1);
+	return 0;
+}
+
+/* Needs tracefs to attach (libbpf reads the tracepoint's id there). */
+SEC("tracepoint/syscalls/sys_enter_getppid")
+int count_getppid(void *args)
+{
+	if (bpf_get_current_pid_tgid() >> 32 != target_tgid)
+		return 0;	/* another process */
+	count(3);
 	return 0;
 }
 

@@ -14,6 +14,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -265,6 +266,80 @@ def test_tp_btf_and_raw_tp_count_the_process_syscalls(run_traced: Callable[..., 
     assert by_raw == by_btf
 
 
+TRACEPOINT_SCRIPT = """
+import json, os, struct, sys
+from pathlib import Path
+from ecapture.bpf import ObjectSpec
+spec = ObjectSpec.open(Path(sys.argv[1]))
+spec.set_autoload("rejected_by_verifier", False)
+spec.set_constant("target_tgid", os.getpid())
+with spec.load() as loaded:
+    auto = loaded.attach("count_getppid")
+    for _ in range(100):
+        os.getppid()
+    auto.close()
+    explicit = loaded.attach_tracepoint("count_getppid", "syscalls", "sys_enter_getppid")
+    for _ in range(50):
+        os.getppid()
+    explicit.close()
+    for _ in range(20):
+        os.getppid()  # detached: not counted
+    values = loaded.map("counters").lookup_percpu(struct.pack("<I", 3))
+    print(json.dumps({
+        "descriptions": [auto.description, explicit.description],
+        "count": sum(struct.unpack("<Q", value)[0] for value in values),
+    }))
+"""
+
+
+def test_tracepoint_attach_inside_a_private_tracefs_mount(tmp_path: Path) -> None:
+    """tracepoint/* needs tracefs; it is mounted only in a private mount namespace
+    (never on the host's /sys: TARGETS.md)."""
+    if _skip_reason():
+        pytest.skip(_skip_reason() or "")
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) for a private mount namespace")
+    script = tmp_path / "tracepoint.py"
+    script.write_text(TRACEPOINT_SCRIPT)
+    source = Path(__file__).parents[2] / "src"
+    environment = {**os.environ, "PYTHONPATH": f"{source}:{os.environ.get('PYTHONPATH', '')}"}
+    command = (
+        "mount -t tracefs nodev /sys/kernel/tracing && "
+        f'exec "{sys.executable}" "{script}" "{TEST_OBJECT}"'
+    )
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+    )
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome == {
+        "descriptions": [
+            "tracepoint/syscalls/sys_enter_getppid (count_getppid)",
+            "tracepoint/syscalls/sys_enter_getppid (count_getppid)",
+        ],
+        "count": 150,
+    }
+
+
+def test_tracepoint_without_tracefs_names_the_failure() -> None:
+    if _skip_reason():
+        pytest.skip(_skip_reason() or "")
+    if Path("/sys/kernel/tracing/events").exists():
+        pytest.skip("tracefs is mounted here")
+    with (
+        open_spec().load() as loaded,
+        pytest.raises(
+            BpfError, match=r"attaching tracepoint/syscalls/sys_enter_getppid .*\(errno 2\)"
+        ),
+    ):
+        loaded.attach_tracepoint("count_getppid", "syscalls", "sys_enter_getppid")
+
+
 def test_close_leaves_no_program_link_or_fd(traced_program: Path) -> None:
     fds_before = bpf_fds()
     loaded = open_spec().load()
@@ -273,7 +348,7 @@ def test_close_leaves_no_program_link_or_fd(traced_program: Path) -> None:
     loaded.attach_raw_tracepoint("count_sys_enter_raw", "sys_enter")
     loaded.ring_reader("events")
     programs, links = own_ids("prog_id"), own_ids("link_id")
-    assert len(programs) == 4 and len(links) >= 2  # uprobes are perf-event links or plain fds
+    assert len(programs) == 5 and len(links) >= 2  # uprobes are perf-event links or plain fds
     assert programs <= bpftool_ids("prog") and links <= bpftool_ids("link")
     loaded.close()
     loaded.close()  # idempotent
@@ -297,6 +372,22 @@ def test_use_after_close_is_an_error_not_a_crash(traced_program: Path) -> None:
         table.lookup(bytes(4))
     with pytest.raises(BpfError, match="is closed"):
         loaded.map("table")
+
+
+def test_close_waits_for_a_poll_on_another_thread() -> None:
+    with open_spec().load() as loaded:
+        reader = loaded.ring_reader("events")
+        results: list[list[bytes]] = []
+        poller = threading.Thread(target=lambda: results.append(reader.poll(300)))
+        poller.start()
+        time.sleep(0.05)  # let the poll block in epoll_wait
+        started = time.monotonic()
+        reader.close()
+        waited = time.monotonic() - started
+        poller.join(timeout=WAIT_S)
+    assert results == [[]]
+    assert waited < 1.0  # bounded by the poll's timeout, not forever
+    assert reader.poll(10) == []
 
 
 def test_failed_attach_leaves_the_object_usable(traced_program: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def test_program_names_in_object_order(spec: ObjectSpec) -> None:
         "on_burst",
         "count_sys_enter_btf",
         "count_sys_enter_raw",
+        "count_getppid",
         "rejected_by_verifier",
     ]
 
@@ -95,3 +97,21 @@ def test_file_that_is_not_elf_carries_libbpf_error(tmp_path: Path) -> None:
 
 def test_constant_bytes_reads_back_initial_zeroes(spec: ObjectSpec) -> None:
     assert spec.constant_bytes("magic") == bytes(8)
+
+
+def test_libbpf_messages_reach_python_logging_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    if not TEST_OBJECT.is_file():
+        pytest.skip(f"{TEST_OBJECT} is not built (make test-bpf)")
+    with caplog.at_level(logging.DEBUG, logger="ecapture.bpf.libbpf"):
+        ObjectSpec.open(TEST_OBJECT).close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "ecapture.bpf.libbpf"]
+    assert any(m.startswith("libbpf: ") and "wrapper_test" in m for m in messages), messages
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name.startswith("ecapture"))
+
+
+def test_libbpf_stays_quiet_without_debug(caplog: pytest.LogCaptureFixture) -> None:
+    if not TEST_OBJECT.is_file():
+        pytest.skip(f"{TEST_OBJECT} is not built (make test-bpf)")
+    with caplog.at_level(logging.INFO):
+        ObjectSpec.open(TEST_OBJECT).close()
+    assert not [r for r in caplog.records if r.name == "ecapture.bpf.libbpf"]
