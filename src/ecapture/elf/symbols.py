@@ -9,6 +9,7 @@ segment that contains it.
 from __future__ import annotations
 
 import enum
+import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,12 @@ from typing import Any, BinaryIO
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
-from elftools.elf.hash import ELFHashSection, GNUHashSection
 from elftools.elf.sections import NoteSection, Symbol, SymbolTableSection
 
+from ecapture.elf.rawelf import PF_X, NotElf, RawElf
 from ecapture.errors import LibraryNotFound, SymbolNotFound
 
 ELF_MAGIC = b"\x7fELF"
-PF_X = 0x1  # ELF program header flag: segment is executable
 FUNCTION_TYPES = frozenset({"STT_FUNC", "STT_GNU_IFUNC"})
 SYMBOL_TABLES = (".dynsym", ".symtab")
 
@@ -88,20 +88,23 @@ class Executable:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         try:
-            with self.path.open("rb") as stream:
-                elf = _open_elf(self.path, stream)
-                self.machine: str = elf.header["e_machine"]
-                elf_type = elf.header["e_type"]
+            with RawElf(self.path) as raw:
+                self.machine: str = raw.machine
+                elf_type = raw.elf_type
                 self.segments: tuple[LoadSegment, ...] = tuple(
                     LoadSegment(
-                        vaddr=segment["p_vaddr"],
-                        memsz=segment["p_memsz"],
-                        offset=segment["p_offset"],
-                        filesz=segment["p_filesz"],
-                        executable=bool(segment["p_flags"] & PF_X),
+                        vaddr=segment.vaddr,
+                        memsz=segment.memsz,
+                        offset=segment.offset,
+                        filesz=segment.filesz,
+                        executable=bool(segment.flags & PF_X),
                     )
-                    for segment in elf.iter_segments("PT_LOAD")
+                    for segment in raw.load_segments()
                 )
+        except NotElf as error:
+            raise LibraryNotFound(f"{self.path}: not an ELF file ({error})") from error
+        except struct.error as error:
+            raise LibraryNotFound(f"{self.path}: not a valid ELF file ({error})") from error
         except OSError as error:
             raise LibraryNotFound(f"{self.path}: cannot read ({error.strerror})") from error
         if elf_type not in (ElfType.DYN.value, ElfType.EXEC.value):
@@ -239,28 +242,16 @@ class Executable:
         return self._exported[name] is not None
 
     def _hash_lookup(self, name: str) -> _FunctionSymbol | None:
-        with self.path.open("rb") as stream:
-            elf = _open_elf(self.path, stream)
-            symbol: Symbol | None = None
-            for section in elf.iter_sections():
-                if isinstance(section, GNUHashSection | ELFHashSection):
-                    symbol = section.get_symbol(name)
-                    break
-            else:
-                dynsym = elf.get_section_by_name(".dynsym")
-                if isinstance(dynsym, SymbolTableSection):
-                    symbol = next(
-                        iter(s for s in dynsym.get_symbol_by_name(name) or () if _is_function(s)),
-                        None,
-                    )
-            if symbol is None or not _is_function(symbol):
-                return None
-            return _FunctionSymbol(
-                address=symbol["st_value"],
-                size=symbol["st_size"],
-                is_global=True,
-                table=".dynsym",
-            )
+        try:
+            with RawElf(self.path) as raw:
+                symbol = raw.dynamic_symbol(name)
+        except (NotElf, struct.error) as error:
+            raise LibraryNotFound(f"{self.path}: not a valid ELF file ({error})") from error
+        if symbol is None or not symbol.is_function:
+            return None
+        return _FunctionSymbol(
+            address=symbol.value, size=symbol.size, is_global=True, table=".dynsym"
+        )
 
     # --- dynamic section and notes -----------------------------------------------------------
 
