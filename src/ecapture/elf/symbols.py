@@ -21,10 +21,9 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection, Symbol, SymbolTableSection
 
-from ecapture.elf.rawelf import PF_X, NotElf, RawElf
+from ecapture.elf.rawelf import ELF_MAGIC, PF_X, NotElf, RawElf
 from ecapture.errors import LibraryNotFound, SymbolNotFound
 
-ELF_MAGIC = b"\x7fELF"
 FUNCTION_TYPES = frozenset({"STT_FUNC", "STT_GNU_IFUNC"})
 SYMBOL_TABLES = (".dynsym", ".symtab")
 
