@@ -1,0 +1,1 @@
+"""Tests of src/ecapture/bpf/ that need no kernel."""
