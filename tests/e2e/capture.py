@@ -29,7 +29,6 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TLS_OBJECT = REPO_ROOT / "src" / "ecapture" / "objects" / "tls.bpf.o"
-TLS_SOURCE = REPO_ROOT / "bpf" / "tls.bpf.c"
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
@@ -335,9 +334,101 @@ def loaded_link_ids() -> set[int]:
 
 
 def programs_held_by(pid: int) -> set[int]:
-    """Ids of the programs whose fds `pid` holds (bpftool's `pids`, from its BPF iterator)."""
+    """Ids of the BPF programs that `pid` holds an fd of (its own or through a link).
+
+    /proc/PID/fdinfo/FD of a BPF program or link fd has a `prog_id:` line
+    (kernel/bpf/syscall.c, bpf_prog_show_fdinfo / bpf_link_show_fdinfo).
+    """
+    held: set[int] = set()
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = info.read_text()
+        except (FileNotFoundError, PermissionError):
+            continue
+        held |= {int(value) for value in re.findall(r"^prog_id:\s*(\d+)", text, re.MULTILINE)}
+    return held
+
+
+def links_of_programs(program_ids: set[int]) -> set[int]:
+    """Ids of the BPF links still attaching any of `program_ids`."""
+    return {
+        int(link["id"])
+        for link in bpftool_json("link", "list")
+        if int(link.get("prog_id", -1)) in program_ids
+    }
+
+
+def our_program_names(source: Path = REPO_ROOT / "bpf" / "tls.bpf.c") -> set[str]:
+    """Names of the programs in `source`: the C function after each SEC("...")
+    (BPF_KPROBE(name) included)."""
+    if not source.exists():
+        return set()
+    pattern = r'SEC\("[^"]*"\)\s*int\s+(?:BPF_K(?:RET)?PROBE\(\s*)?(\w+)'
+    return set(re.findall(pattern, source.read_text()))
+
+
+def loaded_programs_named(names: set[str]) -> set[int]:
+    """Ids of loaded programs with one of `names`. The kernel keeps
+    BPF_OBJ_NAME_LEN - 1 = 15 bytes of a name; bpftool shows the whole one from BTF."""
+    short = {name[:15] for name in names}
     return {
         int(program["id"])
         for program in bpftool_json("prog", "list")
-        if any(holder.get("pid") == pid for holder in program.get("pids", []))
+        if str(program.get("name", ""))[:15] in short
     }
+
+
+# -- assertions shared by the capture tests ----------------------------------
+
+
+def assert_clean_stop(result: CaptureResult) -> None:
+    """Exit 0, no traceback, every event well-formed, nothing lost."""
+    assert result.exit_code == 0, f"ecapture exited {result.exit_code}:\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    assert contract_problems(result.events) == []
+    lost = [event for event in result.events if event["type"] == "lost"]
+    assert lost == [], f"lost events: {lost}"
+
+
+def only_stream(events: Sequence[Event], marker: bytes, pid: int, direction: str) -> Stream:
+    """The one stream of `pid` in `direction` that holds `marker`."""
+    matching = [
+        stream
+        for stream in find_marker(events, marker)
+        if stream.key.pid == pid and stream.key.direction == direction
+    ]
+    seen = sorted({(s.key.pid, s.key.direction) for s in find_marker(events, marker)})
+    assert len(matching) == 1, f"{marker!r}: {len(matching)} {direction} streams of {pid}; {seen=}"
+    return matching[0]
+
+
+def marker_holders(events: Sequence[Event], marker: bytes) -> set[tuple[int, str]]:
+    """(pid, direction) of every stream that holds `marker`."""
+    return {(stream.key.pid, stream.key.direction) for stream in find_marker(events, marker)}
+
+
+def assert_stream_identity(
+    stream: Stream, *, comm: str, server_port: int, client_side: bool, fd: int | None = None
+) -> str:
+    """Every event of `stream`: comm, fd, and the server end on 127.0.0.1:server_port.
+
+    src is who sent the bytes, dst who got them; returns the client's ip:port.
+    """
+    server_end = f"127.0.0.1:{server_port}"
+    client_ends: set[str] = set()
+    for event in stream.events:
+        assert event["comm"] == comm, event
+        assert event["fd"] > 0, event
+        if fd is not None:
+            assert event["fd"] == fd, event
+        sent = event["direction"] == "send"
+        server_is_src = sent != client_side  # the server sends what the client receives
+        server, client = (
+            (event["src"], event["dst"]) if server_is_src else (event["dst"], event["src"])
+        )
+        assert server == server_end, event
+        assert client is not None and client.startswith("127.0.0.1:"), event
+        assert client != server_end, event
+        client_ends.add(client)
+    assert len(client_ends) == 1, client_ends
+    return client_ends.pop()
