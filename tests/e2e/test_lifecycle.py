@@ -1,0 +1,96 @@
+"""ecapture's start and stop: one clear error line when it cannot start, exit 0
+after SIGINT/SIGTERM, and no BPF program or link left in the kernel either way."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from pathlib import Path
+
+import pytest
+
+from .capture import (
+    BTF_PATH,
+    Ecapture,
+    assert_clean_stop,
+    capture,
+    links_of_programs,
+    loaded_program_ids,
+    loaded_programs_named,
+    marker_holders,
+    our_program_names,
+    programs_held_by,
+    run_tool,
+)
+from .conftest import require_programs
+from .targets import AS_NOBODY, Server, curl_argv, run_client
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_clean_stop_leaves_no_probe_behind(
+    ecapture: Ecapture, nginx: Server, tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    require_programs("curl", "bpftool")
+    marker = uuid.uuid4().hex
+    with capture(ecapture, tmp_path, stop_signal=stop_signal) as running:
+        held = programs_held_by(running.pid)
+        links = links_of_programs(held)
+        run_client(curl_argv(nginx.url(f"/echo/{marker}"))).check()
+    result = running.finished()
+    assert held, "the running tool holds no BPF program: nothing was checked"
+    assert links, "no BPF link attaches the tool's programs while it runs"
+    assert_clean_stop(result)
+    assert "summary" in result.stderr.lower(), result.stderr
+    # Events read before the signal were flushed, not dropped on the way out.
+    assert marker_holders(result.events, marker.encode())
+    assert held & loaded_program_ids() == set()
+    assert links_of_programs(held) == set()
+
+
+def expect_start_error(
+    ecapture: Ecapture, *args: str, prefix: tuple[str, ...] = ()
+) -> str:
+    """Run a start that must fail; check no program of ours outlives it."""
+    names = our_program_names()
+    before = loaded_programs_named(names)
+    line = run_tool(ecapture, "tls", *args, prefix=prefix).error_line()
+    assert loaded_programs_named(names) - before == set()
+    return line
+
+
+def test_not_root_is_one_error_line(ecapture: Ecapture) -> None:
+    require_programs("setpriv")
+    line = expect_start_error(ecapture, prefix=AS_NOBODY)
+    assert "root" in line.lower() or "permission" in line.lower(), line
+
+
+def test_missing_libssl_is_one_error_line(ecapture: Ecapture) -> None:
+    line = expect_start_error(ecapture, "--libssl", "/nonexistent/libssl.so.3")
+    assert "/nonexistent/libssl.so.3" in line
+
+
+def test_libssl_without_ssl_symbols_is_one_error_line(ecapture: Ecapture) -> None:
+    line = expect_start_error(ecapture, "--libssl", "/bin/true")
+    assert "true" in line  # the file the user named (its path or its name)
+    assert "SSL_" in line  # and what it lacks
+
+
+def test_no_kernel_btf_is_one_error_line(ecapture: Ecapture) -> None:
+    """BTF hidden by a tmpfs in a private mount namespace (never on the host's /sys)."""
+    require_programs("unshare", "mount")
+    hide_btf = (
+        "unshare", "--mount", "--propagation", "private", "sh", "-c",
+        f'mount -t tmpfs ecapture-no-btf {BTF_PATH.parent} && exec "$@"', "sh",
+    )
+    line = expect_start_error(ecapture, prefix=hide_btf)
+    assert "btf" in line.lower(), line
+    assert BTF_PATH.exists()  # the host's BTF is untouched
+
+
+def test_bad_flag_is_rejected(ecapture: Ecapture) -> None:
+    run = run_tool(ecapture, "tls", "-p", "-5")
+    assert run.exit_code != 0
+    assert "Traceback" not in run.stderr
+    assert "-p" in run.stderr
