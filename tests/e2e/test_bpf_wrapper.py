@@ -508,3 +508,25 @@ def test_ring_reader_throughput(
         f"({elapsed / count * 1e6:.2f} µs/record; load {os.getloadavg()[0]:.2f})",
         file=sys.stderr,
     )
+
+
+def test_ring_reader_returns_bounded_batches_and_loses_nothing(
+    run_traced: Callable[..., Traced], traced_program: Path
+) -> None:
+    """A poll stops at max_batch records; the record that ended it is kept, not retried."""
+    count = 1000
+    traced = run_traced("burst", count, 64)
+    with open_spec(magic=12).load() as loaded:
+        loaded.attach_uprobe("on_burst", traced_program, symbol="burst")
+        reader = loaded.ring_reader("events", max_batch=64)
+        traced.release()
+        batches: list[list[bytes]] = []
+        deadline = time.monotonic() + WAIT_S
+        while sum(map(len, batches)) < count and time.monotonic() < deadline:
+            batch = reader.poll(10)
+            if batch:
+                batches.append(batch)
+        assert reader.poll(0) == []
+    assert max(map(len, batches)) == 64
+    records = [record for batch in batches for record in batch]
+    assert [RECORD.unpack_from(r)[1] for r in records] == list(range(count))

@@ -26,10 +26,23 @@ class LostSamples:
     count: int
 
 
-class RingReader:
-    """Reads a BPF_MAP_TYPE_RINGBUF map through libbpf's ring_buffer."""
+# Returned by the sample callback to end a poll once a batch is full. libbpf
+# advances the consumer position before calling back, so the record that
+# returned it is consumed and (already copied) kept: nothing is lost or retried.
+_BATCH_FULL = -errno.ECANCELED
+DEFAULT_MAX_BATCH = 16384
 
-    def __init__(self, map_fd: int, map_name: str) -> None:
+
+class RingReader:
+    """Reads a BPF_MAP_TYPE_RINGBUF map through libbpf's ring_buffer.
+
+    One poll returns at most `max_batch` records, so a full 64 MiB ring is
+    drained in bounded slices instead of tens of MB of bytes objects at once.
+    """
+
+    def __init__(self, map_fd: int, map_name: str, *, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        if max_batch <= 0:
+            raise BpfError(f"ring reader batch must be > 0; got {max_batch}")
         self.map_name = map_name
         pending: list[bytes] = []
         append = pending.append
@@ -37,7 +50,7 @@ class RingReader:
 
         def on_sample(_context: int | None, data: int, size: int) -> int:
             append(string_at(data, size))
-            return 0
+            return _BATCH_FULL if len(pending) >= max_batch else 0
 
         self._pending = pending
         self._callback = _libbpf.RING_SAMPLE_FN(on_sample)  # libbpf keeps only the pointer
@@ -57,23 +70,26 @@ class RingReader:
         return fd
 
     def poll(self, timeout_ms: int) -> list[bytes]:
-        """Wait up to `timeout_ms` for a wake-up, then take every record in the ring, in order.
+        """Wait up to `timeout_ms` for a wake-up, then take the records in the ring, in order
+        (at most `max_batch`; an empty list means the ring is empty).
 
         ring_buffer__poll consumes nothing when no wake-up came (BPF_RB_NO_WAKEUP
-        producers, BENCH.md §3), so ring_buffer__consume follows it always.
+        producers, BENCH.md §3), so ring_buffer__consume follows it.
         """
         library = _libbpf.libbpf()
         with self._lock:
             if self._ring is None:
                 return []
             result = library.ring_buffer__poll(self._ring, timeout_ms)
-            if result < 0 and result != -errno.EINTR:  # a signal only cuts the wait short
+            # A signal only cuts the wait short; a full batch ends it early.
+            if result < 0 and result not in (-errno.EINTR, _BATCH_FULL):
                 self._pending.clear()
                 raise _libbpf.error(f"polling ring buffer {self.map_name!r}", result)
-            result = library.ring_buffer__consume(self._ring)
+            if result != _BATCH_FULL:
+                result = library.ring_buffer__consume(self._ring)
             records = self._pending.copy()
             self._pending.clear()
-        if result < 0:
+        if result < 0 and result != _BATCH_FULL:
             raise _libbpf.error(f"consuming ring buffer {self.map_name!r}", result)
         return records
 
