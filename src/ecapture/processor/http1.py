@@ -372,10 +372,11 @@ class Http1Parser:
             parser = httptools.HttpResponseParser(collector)
         try:
             parser.feed_data(head)
-        except httptools.HttpParserUpgrade:
-            pass  # CONNECT or Upgrade: the head itself parsed
-        except httptools.HttpParserError:
-            collector.done = False
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError):
+            # llhttp pauses with an error after a CONNECT or Upgrade head
+            # ("Pause on CONNECT/Upgrade"); the head itself parsed when the
+            # callback ran, and framing is ours anyway
+            pass
         if not collector.done:
             return False
         message = _Message(event.timestamp_ns, self._max_body)

@@ -15,13 +15,19 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 # Method tokens are uppercase in practice (RFC 9110 §9.1 registers only
 # uppercase ones); being strict here keeps body bytes from passing as a start
-# when resynchronising.
-_REQUEST_LINE = rb"[A-Z][A-Z0-9_-]{0,31} [^\x00-\x20\x7f]{1,65536} HTTP/1\.[01]\r\n"
+# when resynchronising. Any token may open a line; the common methods also
+# match right after other bytes, because after a gap the next message often
+# follows the unseen tail of a body on the same "line".
+_TARGET_AND_VERSION = rb" [^\x00-\x20\x7f]{1,65536} HTTP/1\.[01]\r\n"
+_REQUEST_LINE = (
+    rb"(?:^[A-Z][A-Z0-9_-]{0,31}|(?<![A-Z])(?:GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT))"
+    + _TARGET_AND_VERSION
+)
 _STATUS_LINE = rb"HTTP/1\.[01] [0-9]{3}(?: [^\r\n]{0,1024})?\r\n"
 
-REQUEST_START = re.compile(rb"(?m)^" + _REQUEST_LINE)
-RESPONSE_START = re.compile(rb"(?m)^" + _STATUS_LINE)
-ANY_START = re.compile(rb"(?m)^(?:(?P<request>" + _REQUEST_LINE + rb")|" + _STATUS_LINE + rb")")
+REQUEST_START = re.compile(rb"(?m)" + _REQUEST_LINE)
+RESPONSE_START = re.compile(_STATUS_LINE)
+ANY_START = re.compile(rb"(?m)(?P<request>" + _REQUEST_LINE + rb")|" + _STATUS_LINE)
 
 # Every HTTP/1 start line contains this; a plain `in` test is far cheaper
 # than the regex and lets most body bytes pass without one.

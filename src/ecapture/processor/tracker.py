@@ -26,7 +26,7 @@ from ecapture.processor.sniff import (
 
 # Sniffing waits for at most this much before deciding (a start line is short).
 MAX_SNIFF_BYTES = 16 << 10
-MAX_SNIFF_EVENTS = 16
+MAX_SNIFF_EVENTS = 1024  # byte-sized events while a first line trickles in
 # A connection joined mid-way is scanned for a start line this long, then
 # taken for not HTTP.
 MAX_SCAN_BYTES = 1 << 20

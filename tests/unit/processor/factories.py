@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from ecapture.events import ConnClose, Direction, Endpoint, TlsData
-from ecapture.processor.model import ProcessorItem
+from ecapture.processor.model import HttpExchange, ProcessorItem
 from ecapture.processor.tracker import ConnectionTracker
 
 SEND = Direction.SEND
@@ -75,7 +78,7 @@ def run(
     tracker: ConnectionTracker | None = None,
 ) -> list[ProcessorItem]:
     """Feed a recorded stream (re-cut by `size`) and close the connection."""
-    tracker = tracker or ConnectionTracker()
+    tracker = tracker if tracker is not None else ConnectionTracker()
     out: list[ProcessorItem] = []
     for event in events(split(chunks, size)):
         out.extend(tracker.feed(event))
@@ -84,3 +87,24 @@ def run(
     else:
         out.extend(tracker.flush())
     return out
+
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "processor"
+
+
+def recording(name: str) -> list[tuple[Direction, bytes]]:
+    """A stream saved by tests/data/processor/record_streams.py (client's view)."""
+    document = json.loads((DATA / f"{name}.json").read_text())
+    return [
+        (SEND if direction == "send" else RECV, base64.b64decode(payload))
+        for direction, payload in document["chunks"]
+    ]
+
+
+def flipped(chunks: Chunks) -> list[tuple[Direction, bytes]]:
+    """The same stream as the server process would see it."""
+    return [(RECV if direction is SEND else SEND, data) for direction, data in chunks]
+
+
+def exchanges(items: Iterable[ProcessorItem]) -> list[HttpExchange]:
+    return [item for item in items if isinstance(item, HttpExchange)]
