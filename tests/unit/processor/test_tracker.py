@@ -1,0 +1,145 @@
+"""Connection bookkeeping: keys, roles, bounds, expiry, pass-through."""
+
+from __future__ import annotations
+
+from ecapture.events import Direction
+from ecapture.processor.model import HttpExchange, Unparsed
+from ecapture.processor.tracker import ConnectionTracker
+
+from .factories import RECV, SEND, conn_close, exchanges, recording, tls_data
+
+GET = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def test_not_http_is_passed_through_unparsed() -> None:
+    tracker = ConnectionTracker()
+    first = tls_data(b"EHLO mail.example\r\n", SEND)
+    second = tls_data(b"250 OK\r\n", RECV)
+    assert tracker.feed(first) == [Unparsed(first, "mid-stream")]
+    assert tracker.feed(second) == [Unparsed(second, "mid-stream")]
+    # binary from the first byte: the same until the scan budget runs out
+    blob = tls_data(b"\x00\x01\x02" * 1000, SEND, conn_id=2)
+    items = []
+    for _ in range(400):
+        items += tracker.feed(blob)
+    assert {item.reason for item in items if isinstance(item, Unparsed)} == {
+        "mid-stream", "not-http",
+    }
+    assert items[-1] == Unparsed(blob, "not-http")
+
+
+def test_parse_http_off_passes_everything_through() -> None:
+    tracker = ConnectionTracker(parse_http=False)
+    event = tls_data(GET, SEND)
+    assert tracker.feed(event) == [Unparsed(event, "not-parsed")]
+    reply = tls_data(OK, RECV)
+    assert tracker.feed(reply) == [Unparsed(reply, "not-parsed")]
+    assert tracker.close(conn_close()) == []
+
+
+def test_connections_are_keyed_by_pid_and_conn_id() -> None:
+    tracker = ConnectionTracker()
+    items = []
+    for conn_id in (1, 2):
+        request = b"GET /%d HTTP/1.1\r\n\r\n" % conn_id
+        items += tracker.feed(tls_data(request, SEND, conn_id=conn_id))
+    items += tracker.feed(tls_data(GET, SEND, conn_id=1, pid=99))  # another process
+    items += tracker.feed(tls_data(OK, RECV, conn_id=2))
+    items += tracker.feed(tls_data(OK, RECV, conn_id=1))
+    got = exchanges(items)
+    assert [(e.connection.conn_id, e.request.target if e.request else None) for e in got] == [
+        (2, "/2"), (1, "/1"),
+    ]
+    assert len(tracker) == 3
+    rest = tracker.close(conn_close(conn_id=1, pid=99))
+    assert [(e.connection.pid, e.complete) for e in exchanges(rest)] == [(99, False)]
+
+
+def test_role_from_content_when_the_traced_process_is_the_server() -> None:
+    tracker = ConnectionTracker()
+    items = tracker.feed(tls_data(GET, RECV))  # nginx reads the request
+    items += tracker.feed(tls_data(OK, SEND))
+    (exchange,) = exchanges(items)
+    assert exchange.complete
+    assert exchange.connection.client is not None and exchange.connection.client.port == 8443
+
+
+def test_response_first_capture_marks_the_other_direction_as_client() -> None:
+    tracker = ConnectionTracker()
+    items = tracker.feed(tls_data(OK, RECV))  # joined between request and response
+    items += tracker.feed(tls_data(GET, SEND))
+    items += tracker.feed(tls_data(OK, RECV))
+    got = exchanges(items)
+    assert got[0].request is None and got[0].response is not None and not got[0].complete
+    assert got[1].complete and got[1].request is not None
+
+
+def test_least_recently_used_connection_is_evicted_and_flushed() -> None:
+    tracker = ConnectionTracker(max_connections=2)
+    items = tracker.feed(tls_data(GET, SEND, conn_id=1))
+    items += tracker.feed(tls_data(GET, SEND, conn_id=2))
+    items += tracker.feed(tls_data(b"\r\n", SEND, conn_id=1))  # 1 is used again: 2 is oldest
+    assert items == []
+    evicted = tracker.feed(tls_data(GET, SEND, conn_id=3))
+    assert [(e.connection.conn_id, e.complete) for e in exchanges(evicted)] == [(2, False)]
+    assert len(tracker) == 2
+
+
+def test_expire_flushes_only_idle_connections() -> None:
+    tracker = ConnectionTracker(idle_timeout_ns=1000)
+    tracker.feed(tls_data(GET, SEND, conn_id=1, timestamp_ns=100))
+    tracker.feed(tls_data(GET, SEND, conn_id=2, timestamp_ns=900))
+    expired = tracker.expire(now_ns=1500)
+    assert [(e.connection.conn_id, e.complete) for e in exchanges(expired)] == [(1, False)]
+    assert len(tracker) == 1
+    assert tracker.expire(now_ns=1500) == []
+
+
+def test_flush_at_exit_returns_everything_in_flight() -> None:
+    tracker = ConnectionTracker()
+    tracker.feed(tls_data(GET, SEND, conn_id=1))
+    tracker.feed(tls_data(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc", RECV, conn_id=1))
+    tracker.feed(tls_data(b"G", SEND, conn_id=2))  # still sniffing
+    items = tracker.flush()
+    (exchange,) = exchanges(items)
+    assert not exchange.complete and exchange.response is not None
+    assert exchange.response.body == b"abc"
+    assert [item.reason for item in items if isinstance(item, Unparsed)] == ["not-http"]
+    assert len(tracker) == 0
+
+
+def test_close_of_an_unknown_connection_is_harmless() -> None:
+    assert ConnectionTracker().close(conn_close(conn_id=12345)) == []
+
+
+def test_first_line_split_across_events_is_sniffed() -> None:
+    tracker = ConnectionTracker()
+    items = tracker.feed(tls_data(b"GE", SEND))
+    items += tracker.feed(tls_data(b"T / HTTP/1.1\r\n\r\n", SEND))
+    items += tracker.feed(tls_data(OK, RECV))
+    (exchange,) = exchanges(items)
+    assert exchange.complete
+
+
+def test_truncated_event_is_a_gap_after_it() -> None:
+    tracker = ConnectionTracker()
+    items = tracker.feed(tls_data(GET, SEND))
+    items += tracker.feed(tls_data(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nxx", RECV,
+                                   truncated=True))
+    (cut,) = exchanges(items)
+    assert not cut.complete
+    items = tracker.feed(tls_data(b"yyyy", RECV))  # rest of the lost call: skipped
+    assert [item.reason for item in items if isinstance(item, Unparsed)] == ["desync"]
+    items = tracker.feed(tls_data(GET, SEND)) + tracker.feed(tls_data(OK, RECV))
+    (whole,) = exchanges(items)
+    assert whole.complete
+
+
+def test_tracker_output_types() -> None:
+    chunks = recording("h1_keepalive")
+    tracker = ConnectionTracker()
+    items = []
+    for direction, data in chunks:
+        items += tracker.feed(tls_data(data, Direction(direction)))
+    assert all(isinstance(item, HttpExchange) for item in items)
