@@ -23,13 +23,14 @@ H2_FRAME_HEADERS = 0x1
 
 class _Event(msgspec.Struct):
     type: str
-    pid: int = 0
+    pid: int | None = None
     conn_id: int | None = None
     fd: int | None = None
     direction: str = ""
     payload_b64: str = ""
-    records: int = 0
-    bytes: int = 0
+    records: int | None = None
+    bytes: int | None = None
+    reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -41,6 +42,7 @@ class JsonCapture:
     lost_records: int = 0
     lost_bytes: int = 0
     lost_events: int = 0
+    lost_by_reason: dict[str, int] = field(default_factory=dict)
     streams: dict[tuple[int, int, str], bytearray] = field(default_factory=dict)
     first_data_offset: int | None = None
 
@@ -77,16 +79,19 @@ def read_json_capture(path: Path, *, reassemble: bool = True) -> JsonCapture:
             event = decoder.decode(line)
             if event.type == "data":
                 capture.data_events += 1
-                by_pid[event.pid] += 1
+                by_pid[event.pid or 0] += 1
                 if reassemble:
                     connection = event.conn_id if event.conn_id is not None else (event.fd or 0)
-                    streams[(event.pid, connection, event.direction)] += base64.b64decode(
+                    streams[(event.pid or 0, connection, event.direction)] += base64.b64decode(
                         event.payload_b64
                     )
             elif event.type == "lost":
                 capture.lost_events += 1
-                capture.lost_records += event.records
-                capture.lost_bytes += event.bytes
+                capture.lost_records += event.records or 0
+                capture.lost_bytes += event.bytes or 0
+                reason = event.reason or "unknown"
+                capture.lost_by_reason[reason] = (
+                    capture.lost_by_reason.get(reason, 0) + (event.records or 0))
     capture.streams = dict(streams)
     capture.data_events_by_pid = dict(by_pid)
     return capture

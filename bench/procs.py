@@ -94,7 +94,8 @@ def run(
 
 
 def wait_for_text(
-    path: Path, needle: str, timeout: float, process: subprocess.Popen[bytes]
+    path: Path, needle: str, timeout: float, process: subprocess.Popen[bytes],
+    log: Path | None = None,
 ) -> float:
     """Poll a log file until it contains `needle`; return seconds waited. Fails fast if the
     process died (its log tail is the reason)."""
@@ -104,9 +105,26 @@ def wait_for_text(
             if needle in path.read_text(errors="replace"):
                 return time.monotonic() - start
         if process.poll() is not None:
-            raise BenchError(f"exited with {process.returncode}: {tail(path)}")
+            raise BenchError(f"exited with {process.returncode}: {reason(log or path)}")
         time.sleep(0.01)
-    raise BenchError(f"no {needle!r} within {timeout:.0f} s: {tail(path)}")
+    raise BenchError(f"no {needle!r} within {timeout:.0f} s: {reason(log or path)}")
+
+
+REASON_WORDS = ("unable", "error", "cannot", "can't", "failed", "denied", "not permitted")
+
+
+def reason(path: Path) -> str:
+    """Why a process failed, in one line: its first line that names a failure, then its last."""
+    try:
+        text = [line.strip() for line in path.read_text(errors="replace").splitlines()]
+    except FileNotFoundError:
+        return "(no output)"
+    text = [line for line in text if line]
+    first = next((line for line in text if any(word in line.lower() for word in REASON_WORDS)),
+                 None)
+    if first is None or first == text[-1]:
+        return tail(path, 2)
+    return f"{first} … {text[-1]}"
 
 
 def tail(path: Path, lines: int = 3) -> str:

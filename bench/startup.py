@@ -55,7 +55,7 @@ def _first_event(tracer: Tracer, server: targets.Server, workdir: Path, markers:
             if any(marker in head for marker in markers):
                 return time.monotonic() - started
             if tool.poll() is not None:
-                raise procs.BenchError(f"exited with {tool.returncode}: {procs.tail(log)}")
+                raise procs.BenchError(f"exited with {tool.returncode}: {procs.reason(log)}")
             time.sleep(0.002)
         raise procs.BenchError(f"no event within {timeout:.0f} s: {procs.tail(log)}")
     finally:

@@ -89,7 +89,7 @@ def attach(tracer: Tracer, workdir: Path) -> Iterator[Session]:
     session = Session(tracer, process, capture, log)
     try:
         marker_file = capture if tracer.ready_in_output else log
-        procs.wait_for_text(marker_file, tracer.ready_marker, tracer.ready_timeout, process)
+        procs.wait_for_text(marker_file, tracer.ready_marker, tracer.ready_timeout, process, log)
         session.ready_seconds = time.monotonic() - started
         yield session
     finally:
