@@ -110,7 +110,10 @@ def wait_for_text(
     raise BenchError(f"no {needle!r} within {timeout:.0f} s: {reason(log or path)}")
 
 
-REASON_WORDS = ("unable", "error", "cannot", "can't", "failed", "denied", "not permitted")
+# In order of preference: a library's own diagnosis ("Unable to find kernel headers") beats the
+# traceback line that reports it ("Failed to compile BPF module"), which may come first in the log.
+REASON_WORDS = ("unable", "error:", "cannot", "can't", "denied", "not permitted", "error",
+                "failed")
 
 
 def reason(path: Path) -> str:
@@ -120,8 +123,7 @@ def reason(path: Path) -> str:
     except FileNotFoundError:
         return "(no output)"
     text = [line for line in text if line]
-    first = next((line for line in text if any(word in line.lower() for word in REASON_WORDS)),
-                 None)
+    first = next((line for word in REASON_WORDS for line in text if word in line.lower()), None)
     if first is None or first == text[-1]:
         return tail(path, 2)
     return f"{first} … {text[-1]}"
