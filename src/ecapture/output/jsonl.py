@@ -14,7 +14,7 @@ from typing import Literal
 
 import msgspec
 
-from ecapture.events import ConnClose, Lost, TlsData
+from ecapture.events import ConnClose, Direction, Endpoint, Lost, TlsData
 from ecapture.output.base import CutCount, OutputItem, Sink
 from ecapture.output.content import (
     BodyView,
@@ -30,9 +30,13 @@ from ecapture.processor.model import (
     Unparsed,
 )
 
-# Encode the pending items when this many are waiting, to bound memory
-# between flushes of very large batches.
+# Encode the pending items when this many are waiting, or when their
+# payloads reach this size: bounds memory between flushes of large batches
+# (and a few-MiB output buffer encoded at once measured slower).
 MAX_PENDING = 4096
+MAX_PENDING_PAYLOAD_BYTES = 1 << 20
+MAX_CACHED_ENDPOINTS = 4096
+_SEND = Direction.SEND
 
 
 class DataEvent(msgspec.Struct):
@@ -154,6 +158,8 @@ class JsonLinesWriter:
         self._sink = sink
         self._tsize = tsize
         self._pending: list[JsonEvent] = []
+        self._endpoint_texts: dict[tuple[str, int], str] = {}
+        self._pending_payload = 0  # payload bytes in self._pending
         self._encoder = msgspec.json.Encoder()
         self._closed = False
 
@@ -181,10 +187,12 @@ class JsonLinesWriter:
             raise TypeError(f"JsonLinesWriter cannot write {type(item).__name__}")
         pending = self._pending
         pending.append(event)
-        if len(pending) >= MAX_PENDING:
+        if len(pending) >= MAX_PENDING or self._pending_payload >= MAX_PENDING_PAYLOAD_BYTES:
             self._encode_pending()
 
     def _data_event(self, item: TlsData) -> DataEvent:
+        # Hot path: plain attribute reads and `is` tests; the properties
+        # TlsData.src/.dst and Direction.label cost ~0.1 µs each here.
         data = item.data
         truncated = item.truncated
         tsize = self._tsize
@@ -192,14 +200,29 @@ class JsonLinesWriter:
             self.cut.add(len(data) - tsize)
             data = data[:tsize]
             truncated = True
-        src = item.src
-        dst = item.dst
+        self._pending_payload += len(data)
+        if item.direction is _SEND:
+            direction, src, dst = "send", item.local, item.remote
+        else:
+            direction, src, dst = "recv", item.remote, item.local
         return DataEvent(
             "data", self.module, item.timestamp_ns, item.pid, item.tid, item.comm, item.uid,
-            item.fd, item.conn_id, item.direction.label,
-            None if src is None else str(src), None if dst is None else str(dst),
+            item.fd, item.conn_id, direction,
+            None if src is None else self._endpoint_text(src),
+            None if dst is None else self._endpoint_text(dst),
             item.call_len, item.offset, truncated, data,
         )
+
+    def _endpoint_text(self, endpoint: Endpoint) -> str:
+        """str(endpoint), cached by (ip, port): a tuple key hashes in C, while
+        the dataclass's own __hash__ and __str__ run Python code per event."""
+        key = (endpoint.ip, endpoint.port)
+        text = self._endpoint_texts.get(key)
+        if text is None:
+            if len(self._endpoint_texts) >= MAX_CACHED_ENDPOINTS:
+                self._endpoint_texts.clear()
+            text = self._endpoint_texts[key] = str(endpoint)
+        return text
 
     def _body(self, request_or_response: HttpRequest | HttpResponse) -> HttpBody:
         view = view_body(request_or_response, self._tsize)
@@ -262,6 +285,7 @@ class JsonLinesWriter:
         if self._pending:
             self._sink.write(self._encoder.encode_lines(self._pending))
             self._pending.clear()
+            self._pending_payload = 0
 
     def flush(self) -> None:
         self._encode_pending()

@@ -1,6 +1,6 @@
 """Sinks deliver formatted bytes: stdout, a file, or a TCP peer.
 
-Each sink buffers what it is given and makes one OS write (or one
+Each sink keeps what it is given and makes one OS write (or one
 `sendall`) per `flush()`, i.e. per reader batch. A failed delivery raises
 `EcaptureError` and the capture stops: traffic must not pass unrecorded
 while the tool looks healthy (mitmproxy's save addon does the same).
@@ -20,6 +20,7 @@ HIGH_WATER_BYTES = 4 << 20
 CONNECT_TIMEOUT_S = 5.0
 # A peer that accepts nothing for this long stalls the capture: stop instead.
 SEND_TIMEOUT_S = 30.0
+IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one writev may take
 PRIVATE_FILE_MODE = 0o600  # captured plaintext is as secret as the traffic
 
 
@@ -55,6 +56,45 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
                 offset += os.write(fd, rest)
 
 
+def write_chunks(fd: int, chunks: list[bytes]) -> None:
+    """writev until every byte is out: one system call per flush, usually,
+    and no copy of the chunks (a partial write resumes where it stopped)."""
+    index = 0
+    while index < len(chunks):
+        written = os.writev(fd, chunks[index:index + IOV_MAX])
+        while index < len(chunks) and written >= len(chunks[index]):
+            written -= len(chunks[index])
+            index += 1
+        if written:
+            chunks[index] = chunks[index][written:]
+
+
+class PendingBytes:
+    """What a sink was given since its last flush, kept as the chunks it was
+    given: a writer's batch is one or a few large bytes objects, which then
+    reach the OS without being copied again (joining 5 MiB of 16 KiB events
+    measured as slow as encoding them)."""
+
+    __slots__ = ("_chunks", "size")
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes | bytearray | memoryview) -> None:
+        # A bytearray or view may change after the call returns: copy those.
+        chunk = data if type(data) is bytes else bytes(data)
+        self._chunks.append(chunk)
+        self.size += len(chunk)
+
+    def take(self) -> list[bytes]:
+        """Everything pending, in order; clears."""
+        chunks = self._chunks
+        self._chunks = []
+        self.size = 0
+        return chunks
+
+
 class FdSink:
     """Buffered writes to a file descriptor (stdout or a file we opened)."""
 
@@ -62,29 +102,28 @@ class FdSink:
         self._fd = fd
         self._name = name
         self._owns_fd = owns_fd
-        self._buffer = bytearray()
+        self._pending = PendingBytes()
         self._closed = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise EcaptureError(f"write to {self._name} after it was closed")
-        self._buffer += data
-        if len(self._buffer) >= HIGH_WATER_BYTES:
+        self._pending.add(data)
+        if self._pending.size >= HIGH_WATER_BYTES:
             self.flush()
 
     def flush(self) -> None:
-        if not self._buffer:
+        chunks = self._pending.take()
+        if not chunks:
             return
         try:
-            write_all(self._fd, self._buffer)
+            write_chunks(self._fd, chunks)
         except OSError as error:
             # Dropping the batch and carrying on would hide traffic: stop.
-            self._buffer.clear()
             raise EcaptureError(
                 f"writing events to {self._name} failed: {error.strerror or error}; "
                 "stopping so that no traffic passes unrecorded"
             ) from error
-        self._buffer.clear()
 
     def close(self) -> None:
         if self._closed:
@@ -113,29 +152,29 @@ class TcpSink:
                 f"--eventaddr {self._name}: cannot connect: {error.strerror or error}"
             ) from error
         self._socket.settimeout(SEND_TIMEOUT_S)
-        self._buffer = bytearray()
+        self._pending = PendingBytes()
         self._closed = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise EcaptureError(f"write to {self._name} after it was closed")
-        self._buffer += data
-        if len(self._buffer) >= HIGH_WATER_BYTES:
+        self._pending.add(data)
+        if self._pending.size >= HIGH_WATER_BYTES:
             self.flush()
 
     def flush(self) -> None:
-        if not self._buffer:
+        chunks = self._pending.take()
+        if not chunks:
             return
         try:
-            self._socket.sendall(self._buffer)
+            for chunk in chunks:  # usually one: a writer hands over one per batch
+                self._socket.sendall(chunk)
         except OSError as error:
-            self._buffer.clear()
             reason = "timed out" if isinstance(error, TimeoutError) else error.strerror or error
             raise EcaptureError(
                 f"sending events to {self._name} failed: {reason}; "
                 "stopping so that no traffic passes unrecorded"
             ) from error
-        self._buffer.clear()
 
     def close(self) -> None:
         if self._closed:

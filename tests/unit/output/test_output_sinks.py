@@ -125,3 +125,23 @@ def test_tcp_peer_gone_stops_loudly() -> None:
             sink.write(b"y" * 65536)
             sink.flush()
     sink.close()
+
+
+def test_partial_writes_resume_where_they_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_writev = os.writev
+
+    def short_writev(fd: int, buffers: list[bytes]) -> int:
+        return real_writev(fd, [bytes(buffers[0][:3])])  # at most 3 bytes a call
+
+    monkeypatch.setattr(sinks.os, "writev", short_writev)
+    path = tmp_path / "short.log"
+    sink = open_sink(str(path))
+    source = bytearray(b"abcdefgh")
+    sink.write(source)
+    source[:] = b"XXXXXXXX"  # the sink copied a mutable buffer when it was given
+    sink.write(b"")
+    sink.write(b"ijklmnopq")
+    sink.close()
+    assert path.read_bytes() == b"abcdefghijklmnopq"
