@@ -51,7 +51,7 @@ def test_curl_http2_against_nghttpd(ecapture: Ecapture, nghttpd: Server, tmp_pat
         argv = curl_argv(nghttpd.url("/index.html"), http2=True, headers=[f"X-Marker: {marker}"])
         client = run_client(argv).check()
     result = running.finished()
-    assert_clean_stop(result)
+    assert_clean_stop(result, {client.pid, nghttpd.pid})
     assert client.stdout == KNOWN_BODY
 
     for pid in (client.pid, nghttpd.pid):
@@ -84,7 +84,7 @@ def test_urllib_against_nginx_with_gzip(ecapture: Ecapture, nginx: Server, tmp_p
         )
         client = run_client(argv).check()
     result = running.finished()
-    assert_clean_stop(result)
+    assert_clean_stop(result, {client.pid, nginx.pid})
     text = nginx.files["/text.txt"]
     echo_body = f"echo:/echo/{marker}\n".encode()
     assert client.stdout.startswith(echo_body)
@@ -114,7 +114,7 @@ def test_har_file_holds_every_exchange(ecapture: Ecapture, nginx: Server, tmp_pa
         urls = [nginx.url(f"/echo/{marker}") for marker in markers] + [nginx.url("/index.html")]
         client = run_client(urllib_argv(*urls)).check()
     result = running.finished()
-    assert_clean_stop(result)
+    assert_clean_stop(result, {client.pid, nginx.pid})
     assert client.stdout.endswith(KNOWN_BODY)
     assert os.stat(har_path).st_mode & 0o777 == 0o600
     document = json.loads(har_path.read_bytes())

@@ -15,12 +15,12 @@ from .capture import (
     assert_clean_stop,
     capture,
     links_of_programs,
-    loaded_program_ids,
     loaded_programs_named,
     marker_holders,
     our_program_names,
     programs_held_by,
     run_tool,
+    wait_until_gone,
 )
 from .conftest import require_programs
 from .targets import AS_NOBODY, Server, curl_argv, run_client
@@ -37,16 +37,15 @@ def test_clean_stop_leaves_no_probe_behind(
     with capture(ecapture, tmp_path, stop_signal=stop_signal) as running:
         held = programs_held_by(running.pid)
         links = links_of_programs(held)
-        run_client(curl_argv(nginx.url(f"/echo/{marker}"))).check()
+        client = run_client(curl_argv(nginx.url(f"/echo/{marker}"))).check()
     result = running.finished()
     assert held, "the running tool holds no BPF program: nothing was checked"
     assert links, "no BPF link attaches the tool's programs while it runs"
-    assert_clean_stop(result)
+    assert_clean_stop(result, {client.pid, nginx.pid})
     assert "summary" in result.stderr.lower(), result.stderr
     # Events read before the signal were flushed, not dropped on the way out.
     assert marker_holders(result.events, marker.encode())
-    assert held & loaded_program_ids() == set()
-    assert links_of_programs(held) == set()
+    assert wait_until_gone(held) == (set(), set())
 
 
 def expect_start_error(

@@ -74,7 +74,7 @@ def test_curl_against_nginx(
         argv = curl_argv(echo_url, http2=http2, headers=[f"X-Marker: {value}"])
         client = run_client([*argv, index_url]).check()
     result = running.finished()
-    assert_clean_stop(result)
+    assert_clean_stop(result, {client.pid, nginx.pid})
     assert os.stat(result.events_path).st_mode & 0o777 == 0o600
     echo_body = f"echo:/echo/{path_marker}\n".encode()
     assert client.stdout == echo_body + KNOWN_BODY
@@ -126,7 +126,7 @@ def test_python_urllib_against_python_server(
         )
         client = run_client(argv).check()
     result = running.finished()
-    assert_clean_stop(result)
+    assert_clean_stop(result, {client.pid, server.pid})
     echo_body = f"echo:/echo/{path_marker}\n".encode()
     assert client.stdout == echo_body + KNOWN_BODY
     first_fd = client_fds(client.stderr)[0]
@@ -171,7 +171,7 @@ def test_openssl_s_client_against_s_server(
         argv = ["openssl", "s_client", "-connect", server.address, "-quiet"]
         talk = stdio_conversation(server, argv, asked, answer)
     result = running.finished()
-    assert_clean_stop(result)
+    assert_clean_stop(result, {talk.client.pid, server.pid})
     assert talk.client.check().stdout == answer
 
     events = result.events
@@ -205,7 +205,7 @@ def test_boringssl_client_with_libssl_flag(
         argv = ["bssl-tool", "client", "-connect", server.address]
         talk = stdio_conversation(server, argv, asked, answer)
     result = running.finished()
-    assert_clean_stop(result)
+    assert_clean_stop(result, {talk.client.pid, server.pid})
     assert talk.client.check().stdout == answer
 
     events = result.events
@@ -231,7 +231,7 @@ def test_one_mebibyte_response_whole_and_in_order(
     with capture(ecapture, tmp_path, "--probe-placement", placement) as running:
         client = run_client(curl_argv(nginx.url("/big.bin"))).check()
     result = running.finished()
-    assert_clean_stop(result)
+    assert_clean_stop(result, {client.pid, nginx.pid})
     assert client.stdout == body
 
     received = [s for s in streams_of(result.events, client.pid, "recv") if body[:4096] in s.data]
@@ -257,7 +257,7 @@ def test_one_mebibyte_write_arrives_in_chunks(
     ):
         client = run_client(urllib_argv(server.url("/big.bin"))).check()
     result = running.finished()
-    assert_clean_stop(result)
+    assert_clean_stop(result, {client.pid, server.pid})
     body = server.files["/big.bin"]
     assert client.stdout == body
 
@@ -325,7 +325,7 @@ def test_write_retried_before_handshake_is_captured_once(
     with capture(ecapture, tmp_path) as running:
         client = run_client(nonblocking_client_argv(nginx.port, request)).check()
     result = running.finished()
-    assert_clean_stop(result)
+    assert_clean_stop(result, {client.pid, nginx.pid})
     report = dict(item.split("=") for item in client.stderr.decode().split())
     assert int(report["retries"]) > 0, "the client never had to retry: the test proves nothing"
 
