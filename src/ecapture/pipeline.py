@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ecapture.errors import DecodeError
 from ecapture.events import Clock, ConnClose, LossReason, Lost, Record, TlsData, decode_record
 from ecapture.output.base import Writer
-from ecapture.processor.model import HttpExchange
+from ecapture.processor.model import HttpExchange, ProcessorItem
 from ecapture.processor.tracker import ConnectionTracker
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Pipeline:
         if self.tracker is not None:
             self._items(self.tracker.close(event))
 
-    def _items(self, items: Sequence[object]) -> None:
+    def _items(self, items: Sequence[ProcessorItem]) -> None:
         for item in items:
             if isinstance(item, Lost):
                 self._lost(item)
@@ -127,7 +127,7 @@ class Pipeline:
             if isinstance(item, HttpExchange):
                 self.counters.http_exchanges += 1
             for writer in self.writers:
-                writer.write(item)  # type: ignore[arg-type]
+                writer.write(item)
 
     def _lost(self, lost: Lost) -> None:
         self.counters.add_loss(lost.reason, lost.records, lost.bytes)
