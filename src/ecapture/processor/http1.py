@@ -10,6 +10,7 @@ by its framing or by the connection's close, never by a timer.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import re
 from collections import deque
@@ -54,15 +55,22 @@ class _Mode(enum.Enum):
 
 
 class _HeadCollector:
-    """httptools callbacks for one head (it is fed exactly one head)."""
+    """httptools callbacks for one head (it is fed exactly one head).
 
-    __slots__ = ("done", "headers", "reason", "url")
+    The fields that decide framing are picked out here, while each header
+    passes by, so that framing needs no second walk over the headers.
+    """
+
+    __slots__ = ("content_length", "done", "headers", "host", "reason", "transfer_encoding", "url")
 
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
         self.url = b""
         self.reason = b""
         self.done = False
+        self.content_length: bytes | None = None
+        self.transfer_encoding: bytes | None = None
+        self.host: bytes | None = None
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -73,7 +81,19 @@ class _HeadCollector:
     def on_header(self, name: bytes, value: bytes) -> None:
         # llhttp keeps trailing whitespace; it is not part of the value
         # (RFC 9110 §5.5).
-        self.headers.append((name, value.rstrip(b" \t")))
+        value = value.rstrip(b" \t")
+        self.headers.append((name, value))
+        size = len(name)
+        if size == 14 and name.lower() == b"content-length":
+            self.content_length = value
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            # several fields form one list (RFC 9110 §5.3)
+            if self.transfer_encoding is None:
+                self.transfer_encoding = value
+            else:
+                self.transfer_encoding += b", " + value
+        elif size == 4 and name.lower() == b"host":
+            self.host = value
 
     def on_headers_complete(self) -> None:
         self.done = True
@@ -83,8 +103,8 @@ class _Message:
     """One request or response being read."""
 
     __slots__ = (
-        "body", "headers", "method", "reason", "started_ns", "status", "trailers", "url",
-        "version",
+        "body", "content_length", "headers", "host", "method", "reason", "started_ns", "status",
+        "trailers", "transfer_encoding", "url", "version",
     )
 
     def __init__(self, started_ns: int, limit: int) -> None:
@@ -97,15 +117,12 @@ class _Message:
         self.headers: Headers = ()
         self.trailers: Headers = ()
         self.body = BodyBuffer(limit)
-
-    def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if len(key) == len(name) and key.lower() == name:
-                return value
-        return None
+        self.content_length: bytes | None = None
+        self.transfer_encoding: bytes | None = None
+        self.host: bytes | None = None
 
     def as_request(self) -> HttpRequest:
-        host = self.header(b"host")
+        host = self.host
         return HttpRequest(
             method=self.method, target=self.url,
             authority=host.decode("latin-1") if host is not None else None, scheme=None,
@@ -156,8 +173,12 @@ class _Side:
         self.remaining = 0
 
 
+_VERSIONS = {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1"}
+
+
 def _version(parser: httptools.HttpRequestParser | httptools.HttpResponseParser) -> str:
-    return "HTTP/" + str(parser.get_http_version())
+    version: str = parser.get_http_version()
+    return _VERSIONS.get(version) or "HTTP/" + version
 
 
 def _parse_trailers(block: bytes) -> Headers:
@@ -370,17 +391,18 @@ class Http1Parser:
             parser = httptools.HttpRequestParser(collector)
         else:
             parser = httptools.HttpResponseParser(collector)
-        try:
+        # llhttp pauses with an error after a CONNECT or Upgrade head ("Pause
+        # on CONNECT/Upgrade"); the head itself parsed when the callback ran,
+        # and the framing is ours anyway
+        with contextlib.suppress(httptools.HttpParserUpgrade, httptools.HttpParserError):
             parser.feed_data(head)
-        except (httptools.HttpParserUpgrade, httptools.HttpParserError):
-            # llhttp pauses with an error after a CONNECT or Upgrade head
-            # ("Pause on CONNECT/Upgrade"); the head itself parsed when the
-            # callback ran, and framing is ours anyway
-            pass
         if not collector.done:
             return False
         message = _Message(event.timestamp_ns, self._max_body)
         message.headers = tuple(collector.headers)
+        message.content_length = collector.content_length
+        message.transfer_encoding = collector.transfer_encoding
+        message.host = collector.host
         message.version = _version(parser)
         if isinstance(parser, httptools.HttpRequestParser):
             message.method = parser.get_method().decode("latin-1")
@@ -398,8 +420,8 @@ class Http1Parser:
         self._exchanges.append(exchange)
         self._unanswered.append(exchange)
         side.message = message
-        encoding = message.header(b"transfer-encoding")
-        length = message.header(b"content-length")
+        encoding = message.transfer_encoding
+        length = message.content_length
         if encoding is not None:
             if not _transfer_chunked(encoding):
                 # RFC 9112 §6.3 item 4: a request's length cannot be known
@@ -438,8 +460,8 @@ class Http1Parser:
                 self._server.mode = _Mode.TUNNEL
                 self._client.buffer.clear()
             return True
-        encoding = message.header(b"transfer-encoding")
-        length = message.header(b"content-length")
+        encoding = message.transfer_encoding
+        length = message.content_length
         if encoding is not None and _transfer_chunked(encoding):
             side.mode = _Mode.CHUNK_SIZE
         elif encoding is None and length is not None and length.isdigit():

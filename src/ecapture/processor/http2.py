@@ -307,7 +307,9 @@ class Http2Parser:
     def _data(self, direction: _Direction, frame: DataFrame, out: list[ProcessorItem]) -> None:
         if frame.stream_id == 0:
             raise _DesyncError
-        stream = self._stream(frame.stream_id, out)
+        stream = self._streams.get(frame.stream_id)
+        if stream is None:
+            return  # DATA of a stream already emitted (or never opened): nothing to pair
         half = stream.request if direction.is_client else stream.response
         half.body.add(frame.data)
         if "END_STREAM" in frame.flags:

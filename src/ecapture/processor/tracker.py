@@ -96,6 +96,9 @@ class ConnectionTracker:
             parser = connection.parser
             if parser is not None:
                 out: list[ProcessorItem] = []
+                info = parser.info
+                if info.fd < 0 or info.client is None:
+                    self._learn_endpoints(connection, parser, event)
                 if event.lost_records:
                     parser.gap(event, out)
                 parser.feed(event, event.direction is connection.client_direction, out)
@@ -152,6 +155,16 @@ class ConnectionTracker:
         return out
 
     # -- internals -------------------------------------------------------------
+
+    @staticmethod
+    def _learn_endpoints(
+        connection: _Connection, parser: ConnectionParser, event: TlsData
+    ) -> None:
+        """The first event may precede the fd and addresses (they come from a
+        nested syscall): take them from a later event that knows them."""
+        info = parser.info
+        if (info.fd < 0 <= event.fd) or (info.client is None and event.remote is not None):
+            parser.info = _connection_info(event, connection.client_direction)
 
     def _evict(self, timestamp_ns: int, out: list[ProcessorItem]) -> None:
         _, connection = self._connections.popitem(last=False)
@@ -251,6 +264,7 @@ class ConnectionTracker:
         if parser is None:
             out.append(Unparsed(event, connection.reason or "not-http"))
             return
-        if parser.info.client is None and event.remote is not None:
-            parser.info = _connection_info(event, connection.client_direction)
+        info = parser.info
+        if info.fd < 0 or info.client is None:
+            self._learn_endpoints(connection, parser, event)
         parser.feed(event, event.direction is connection.client_direction, out)

@@ -8,6 +8,7 @@ import hpack
 import pytest
 from hyperframe.frame import DataFrame, HeadersFrame, SettingsFrame
 
+from ecapture.events import LossReason, Lost
 from ecapture.processor.model import HttpExchange, Unparsed
 from ecapture.processor.tracker import ConnectionTracker
 
@@ -237,3 +238,33 @@ def test_grpc_gzip_message_built_by_hand() -> None:
         (True, b"\x08\x01"), (False, b"\x08\x02"),
     ]
     assert [(m.compressed, m.data) for m in exchange.grpc_response] == [(False, b"")]
+
+
+def test_goaway_flushes_streams_above_the_last_processed_one() -> None:
+    pair = H2Pair()
+    pair.client.send_headers(1, request_headers("/kept"), end_stream=True)
+    pair.client.send_headers(3, request_headers("/refused"), end_stream=True)
+    pair.pump()
+    pair.server.send_headers(1, [(":status", "200")])
+    pair.server.close_connection(last_stream_id=1)
+    pair.pump()
+    items = run(pair.recorded(), close=False)
+    got = exchanges(items)
+    assert [(e.stream_id, e.complete) for e in got] == [(3, False), (1, False)]
+    assert got[0].response is None
+
+
+def test_http2_body_beyond_the_limit_is_counted_as_lost() -> None:
+    pair = H2Pair()
+    pair.client.send_headers(1, request_headers("/big"), end_stream=True)
+    pair.pump()
+    pair.server.send_headers(1, [(":status", "200")])
+    pair.server.send_data(1, b"z" * 5000, end_stream=True)
+    pair.pump()
+    items = run(pair.recorded(), tracker=ConnectionTracker(max_body_bytes=1000))
+    (exchange,) = exchanges(items)
+    assert exchange.complete and exchange.response is not None
+    assert exchange.response.body == b"z" * 1000 and exchange.response.body_truncated
+    (lost,) = [item for item in items if isinstance(item, Lost)]
+    assert (lost.reason, lost.bytes) == (LossReason.PARSER, 4000)
+    assert lost.conn_id == exchange.connection.conn_id

@@ -143,3 +143,14 @@ def test_tracker_output_types() -> None:
     for direction, data in chunks:
         items += tracker.feed(tls_data(data, Direction(direction)))
     assert all(isinstance(item, HttpExchange) for item in items)
+
+
+def test_fd_and_addresses_learned_from_a_later_event() -> None:
+    tracker = ConnectionTracker()
+    first = tls_data(GET, SEND, fd=-1)
+    first = type(first)(**{**{f: getattr(first, f) for f in first.__slots__},
+                           "local": None, "remote": None})
+    tracker.feed(first)
+    (exchange,) = exchanges(tracker.feed(tls_data(OK, RECV, fd=9)))
+    assert exchange.connection.fd == 9
+    assert exchange.connection.client is not None and exchange.connection.client.port == 40000
