@@ -36,6 +36,7 @@ from ecapture.processor.sniff import (
 )
 
 MAX_HEAD_BYTES = 64 << 10  # a longer head is treated as a desync, not buffered
+MAX_UNANSWERED = 32  # requests kept waiting for responses (a one-sided capture never pairs)
 MAX_CHUNK_LINE = 4096  # chunk-size line with extensions (RFC 9112 §7.1.1)
 
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
@@ -415,6 +416,8 @@ class Http1Parser:
     def _request_head(
         self, side: _Side, message: _Message, event: TlsData, out: list[ProcessorItem]
     ) -> bool:
+        if len(self._exchanges) >= MAX_UNANSWERED:
+            self._emit_oldest_unanswered(event.timestamp_ns, out)
         exchange = _Exchange(event.timestamp_ns)
         exchange.request = message
         self._exchanges.append(exchange)
@@ -506,6 +509,19 @@ class Http1Parser:
         while exchanges and exchanges[0].request_done and exchanges[0].response_done:
             exchange = exchanges.popleft()
             self._emit(exchange, timestamp_ns, exchange.request is not None, out)
+
+    def _emit_oldest_unanswered(self, timestamp_ns: int, out: list[ProcessorItem]) -> None:
+        """Bound memory when responses never come: give the oldest up.
+
+        Its response, if it still comes, pairs with the next request: an
+        observer cannot tell, so pairing is resynchronised as after a gap.
+        """
+        exchange = self._exchanges.popleft()
+        if self._unanswered and self._unanswered[0] is exchange:
+            self._unanswered.popleft()
+        if self._server.message is not None and exchange.response is self._server.message:
+            self._server.message = None
+        self._emit(exchange, timestamp_ns, False, out)
 
     def _flush_all(self, timestamp_ns: int, out: list[ProcessorItem]) -> None:
         """Emit every exchange in flight as incomplete."""

@@ -154,3 +154,16 @@ def test_fd_and_addresses_learned_from_a_later_event() -> None:
     (exchange,) = exchanges(tracker.feed(tls_data(OK, RECV, fd=9)))
     assert exchange.connection.fd == 9
     assert exchange.connection.client is not None and exchange.connection.client.port == 40000
+
+
+def test_requests_without_responses_are_bounded() -> None:
+    """Only one direction captured: requests never pair, memory stays bounded."""
+    tracker = ConnectionTracker()
+    items = []
+    for index in range(100):
+        items += tracker.feed(tls_data(b"GET /%d HTTP/1.1\r\n\r\n" % index, SEND))
+    given_up = exchanges(items)
+    assert len(given_up) == 100 - 32
+    assert all(not e.complete and e.response is None for e in given_up)
+    assert [e.request.target for e in given_up[:2] if e.request] == ["/0", "/1"]
+    assert len(exchanges(tracker.flush())) == 32
