@@ -33,6 +33,7 @@ from ecapture.processor.sniff import (
     REQUEST_START,
     RESPONSE_START,
     START_MARKER,
+    START_TAIL,
 )
 
 MAX_HEAD_BYTES = 64 << 10  # a longer head is treated as a desync, not buffered
@@ -238,7 +239,7 @@ class Http1Parser:
             # bytes after the point of desync may hold the next message
             if not self._resync(side, b"", event, out, report=False):
                 break
-        if event.truncated:
+        if event.truncated and event.last_chunk:
             # the kernel copied less than the call moved: bytes are missing
             # right after this chunk
             self.gap(event, out)
@@ -276,7 +277,7 @@ class Http1Parser:
         if match is None:
             del buffer[: buffer.rfind(b"\n") + 1]
             if len(buffer) > MAX_START_LINE:
-                buffer.clear()
+                del buffer[:-START_TAIL]  # no line end for long: keep what a start may begin with
             if report:
                 out.append(Unparsed(event, side.resync_reason))
             return False

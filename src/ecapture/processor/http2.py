@@ -145,7 +145,7 @@ class Http2Parser:
         except _DesyncError:
             self._give_up(event, out)
             return
-        if event.truncated:
+        if event.truncated and event.last_chunk:
             self.gap(event, out)
 
     def gap(self, event: TlsData, out: list[ProcessorItem]) -> None:

@@ -34,6 +34,7 @@ ANY_START = re.compile(rb"(?m)(?P<request>" + _REQUEST_LINE + rb")|" + _STATUS_L
 START_MARKER = b"HTTP/1."
 
 MAX_START_LINE = 8192  # a longer partial line is not waited for
+START_TAIL = 2048  # bytes kept from a long line while scanning: a status line fits
 
 
 class Start(enum.Enum):

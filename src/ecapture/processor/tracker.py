@@ -19,6 +19,7 @@ from ecapture.processor.sniff import (
     ANY_START,
     MAX_START_LINE,
     START_MARKER,
+    START_TAIL,
     Sniff,
     Start,
     sniff_start,
@@ -231,7 +232,7 @@ class ConnectionTracker:
             out.append(Unparsed(event, "mid-stream"))
             del tail[: tail.rfind(b"\n") + 1]
             if len(tail) > MAX_START_LINE:
-                tail.clear()
+                del tail[:-START_TAIL]  # no line end for long: keep what a start may begin with
             if connection.scanned > MAX_SCAN_BYTES:
                 connection.reason = "not-http"
                 connection.tails = None

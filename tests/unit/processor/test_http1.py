@@ -294,3 +294,14 @@ def test_gzip_response_decodes_for_display() -> None:
     (exchange,) = exchanges(run(chunks))
     assert exchange.response is not None and exchange.response.body == payload
     assert decode_body(exchange.response.body, "gzip") == b"hello " * 10
+
+
+def test_resync_finds_a_start_split_after_a_long_line() -> None:
+    tracker = ConnectionTracker()
+    items = tracker.feed(tls_data(b"GET /1 HTTP/1.1\r\n\r\n", SEND))
+    items += tracker.feed(tls_data(b"GET /2 HTTP/1.1\r\n\r\n", SEND, lost_records=1))
+    items += tracker.feed(tls_data(b"\xff" * 20000 + b"HTTP/1.1 2", RECV))  # no line end
+    items += tracker.feed(tls_data(b"00 OK\r\nContent-Length: 2\r\n\r\nok", RECV))
+    got = exchanges(items)
+    assert got[-1].complete and got[-1].request is not None and got[-1].request.target == "/2"
+    assert got[-1].response is not None and got[-1].response.body == b"ok"
