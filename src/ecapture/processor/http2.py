@@ -45,7 +45,7 @@ from ecapture.processor.model import (
 from ecapture.processor.sniff import HTTP2_PREFACE
 
 FRAME_HEADER_SIZE = 9
-MAX_FRAME_SIZE = (1 << 24) - 1  # RFC 9113 §4.2: SETTINGS_MAX_FRAME_SIZE ceiling
+DEFAULT_MAX_FRAME_SIZE = 16384  # RFC 9113 §6.5.2 SETTINGS_MAX_FRAME_SIZE initial value
 MAX_HEADER_BLOCK = 1 << 20  # HEADERS + CONTINUATION backlog kept per direction
 MAX_STREAMS = 4096  # open streams kept per connection; the oldest is flushed beyond
 DEFAULT_HEADER_TABLE_SIZE = 4096  # RFC 9113 §6.5.2
@@ -86,7 +86,7 @@ class _Direction:
 
     __slots__ = (
         "block", "block_end_stream", "block_frame", "block_kind", "block_stream", "buffer",
-        "decoder", "expect_preface", "is_client", "pending_table_sizes",
+        "decoder", "expect_preface", "is_client", "max_frame", "pending_table_sizes",
     )
 
     def __init__(self, is_client: bool) -> None:
@@ -94,6 +94,9 @@ class _Direction:
         self.buffer = bytearray()
         self.expect_preface = is_client
         self.decoder = hpack.Decoder()
+        # the largest frame this direction may send: what the OTHER end
+        # announced (RFC 9113 §4.2); a longer length means we lost framing
+        self.max_frame = DEFAULT_MAX_FRAME_SIZE
         # header block being assembled: HEADERS or PUSH_PROMISE + CONTINUATIONs
         self.block: bytearray | None = None
         self.block_stream = 0  # the stream the block is for (promised, for PUSH_PROMISE)
@@ -179,7 +182,10 @@ class Http2Parser:
             direction.expect_preface = False
         if len(buffer) < FRAME_HEADER_SIZE:
             return
-        if len(buffer) < FRAME_HEADER_SIZE + int.from_bytes(buffer[:3], "big"):
+        first_length = int.from_bytes(buffer[:3], "big")
+        if first_length > direction.max_frame:
+            raise _DesyncError
+        if len(buffer) < FRAME_HEADER_SIZE + first_length:
             return  # the first frame is still incomplete: no copy yet
         data = bytes(buffer)
         pos = 0
@@ -190,6 +196,8 @@ class Http2Parser:
                     frame, length = Frame.parse_frame_header(view[pos : pos + FRAME_HEADER_SIZE])
                 except _FRAME_ERRORS as error:
                     raise _DesyncError from error
+                if length > direction.max_frame:
+                    raise _DesyncError
                 end = pos + FRAME_HEADER_SIZE + length
                 if end > size:
                     break
@@ -248,6 +256,11 @@ class Http2Parser:
             if other.pending_table_sizes:
                 direction.decoder.max_allowed_table_size = other.pending_table_sizes.popleft()
             return
+        max_frame = frame.settings.get(SettingsFrame.MAX_FRAME_SIZE)
+        if max_frame is not None:
+            # frames toward this end may grow once it is read; never shrink
+            # before the ACK, so an early large frame is not taken for garbage
+            other.max_frame = max(other.max_frame, max_frame)
         size = frame.settings.get(SettingsFrame.HEADER_TABLE_SIZE)
         if size is None:
             return

@@ -268,3 +268,23 @@ def test_http2_body_beyond_the_limit_is_counted_as_lost() -> None:
     (lost,) = [item for item in items if isinstance(item, Lost)]
     assert (lost.reason, lost.bytes) == (LossReason.PARSER, 4000)
     assert lost.conn_id == exchange.connection.conn_id
+
+
+def test_frame_longer_than_the_announced_maximum_is_a_desync() -> None:
+    too_long = (20000).to_bytes(3, "big") + b"\x00\x01\x00\x00\x00\x01"  # DATA, 20000 bytes
+    items = run([(SEND, PREFACE + _settings()), (SEND, too_long)])
+    assert [item.reason for item in items if isinstance(item, Unparsed)] == ["desync"]
+    # announced by the server, the same length is fine for the client
+    pair = H2Pair()
+    pair.server.update_settings({SettingsFrame.MAX_FRAME_SIZE: 65536})
+    pair.pump()
+    pair.client.send_headers(1, request_headers("/upload", "POST"))
+    pair.client.send_data(1, b"u" * 30000, end_stream=True)
+    pair.pump()
+    pair.server.send_headers(1, [(":status", "204")], end_stream=True)
+    pair.pump()
+    chunks = pair.recorded()
+    assert any(b"\x00\x75\x30\x00" in data for _, data in chunks)  # one 30000-byte DATA frame
+    (exchange,) = exchanges(run(chunks))
+    assert exchange.complete and exchange.request is not None
+    assert exchange.request.body == b"u" * 30000
