@@ -157,8 +157,8 @@ def table(outcome: dict[str, Any], seconds: float) -> Table:
             out.notes.append(f"{size} B: cannot run: {failed.error}")
         out.add(f"{size} B", f"{rate_cell(best)} events/s" if best else "none",
                 f"{best * int(size) / 1e6:.0f}" if best else "—",
-                rate_cell(failed.target_events_per_second) if failed else "above the ladder",
-                failed.verdict if failed else "—",
+                rate_cell(failed.target_events_per_second) if failed else "not reached",
+                failed.verdict if failed else "the next step exceeds 90 % of the producer alone",
                 f"{rate_cell(data['producer_ceiling_events_per_second'])} events/s",
                 (f"{rate_cell(data['producer_under_floor_events_per_second'])} events/s"
                  if data["producer_under_floor_events_per_second"] else "—"),
