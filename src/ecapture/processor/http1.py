@@ -56,23 +56,33 @@ class _Mode(enum.Enum):
     TUNNEL = enum.auto()  # after CONNECT 2xx or 101: no longer HTTP
 
 
-class _HeadCollector:
-    """httptools callbacks for one head (it is fed exactly one head).
+class _Message:
+    """One request or response being read; also the httptools callback
+    object for its head (fed exactly that head), so that the fields which
+    decide framing are picked out while each header passes by."""
 
-    The fields that decide framing are picked out here, while each header
-    passes by, so that framing needs no second walk over the headers.
-    """
+    __slots__ = (
+        "body", "content_length", "done", "header_list", "host", "limit", "method", "reason",
+        "started_ns", "status", "trailers", "transfer_encoding", "url", "version",
+    )
 
-    __slots__ = ("content_length", "done", "headers", "host", "reason", "transfer_encoding", "url")
-
-    def __init__(self) -> None:
-        self.headers: list[tuple[bytes, bytes]] = []
+    def __init__(self, started_ns: int, limit: int) -> None:
+        self.started_ns = started_ns
+        self.limit = limit
+        self.method = ""
         self.url = b""
+        self.status = 0
         self.reason = b""
-        self.done = False
+        self.version = "HTTP/1.1"
+        self.header_list: list[tuple[bytes, bytes]] = []
+        self.trailers: Headers = ()
+        self.body: BodyBuffer | None = None  # made at the first body byte
         self.content_length: bytes | None = None
         self.transfer_encoding: bytes | None = None
         self.host: bytes | None = None
+        self.done = False
+
+    # -- httptools callbacks ----------------------------------------------------
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -84,7 +94,7 @@ class _HeadCollector:
         # llhttp keeps trailing whitespace; it is not part of the value
         # (RFC 9110 §5.5).
         value = value.rstrip(b" \t")
-        self.headers.append((name, value))
+        self.header_list.append((name, value))
         size = len(name)
         if size == 14 and name.lower() == b"content-length":
             self.content_length = value
@@ -100,43 +110,34 @@ class _HeadCollector:
     def on_headers_complete(self) -> None:
         self.done = True
 
+    # -- body and records ------------------------------------------------------
 
-class _Message:
-    """One request or response being read."""
+    def add_body(self, chunk: bytes | bytearray | memoryview) -> None:
+        if self.body is None:
+            self.body = BodyBuffer(self.limit)
+        self.body.add(chunk)
 
-    __slots__ = (
-        "body", "content_length", "headers", "host", "method", "reason", "started_ns", "status",
-        "trailers", "transfer_encoding", "url", "version",
-    )
+    @property
+    def dropped(self) -> int:
+        return self.body.dropped if self.body is not None else 0
 
-    def __init__(self, started_ns: int, limit: int) -> None:
-        self.started_ns = started_ns
-        self.method = ""
-        self.url = ""
-        self.status = 0
-        self.reason = ""
-        self.version = "HTTP/1.1"
-        self.headers: Headers = ()
-        self.trailers: Headers = ()
-        self.body = BodyBuffer(limit)
-        self.content_length: bytes | None = None
-        self.transfer_encoding: bytes | None = None
-        self.host: bytes | None = None
+    def _body_bytes(self) -> bytes:
+        return bytes(self.body.data) if self.body is not None else b""
 
     def as_request(self) -> HttpRequest:
         host = self.host
         return HttpRequest(
-            method=self.method, target=self.url,
+            method=self.method, target=self.url.decode("latin-1"),
             authority=host.decode("latin-1") if host is not None else None, scheme=None,
-            version=self.version, headers=self.headers, body=bytes(self.body.data),
-            trailers=self.trailers, body_truncated=self.body.dropped > 0,
+            version=self.version, headers=tuple(self.header_list), body=self._body_bytes(),
+            trailers=self.trailers, body_truncated=self.dropped > 0,
         )
 
     def as_response(self, informational: list[int]) -> HttpResponse:
         return HttpResponse(
-            status=self.status, reason=self.reason, version=self.version,
-            headers=self.headers, body=bytes(self.body.data), trailers=self.trailers,
-            body_truncated=self.body.dropped > 0, informational=tuple(informational),
+            status=self.status, reason=self.reason.decode("latin-1"), version=self.version,
+            headers=tuple(self.header_list), body=self._body_bytes(), trailers=self.trailers,
+            body_truncated=self.dropped > 0, informational=tuple(informational),
         )
 
 
@@ -370,9 +371,14 @@ class Http1Parser:
         return False
 
     def _body(self, side: _Side, buffer: bytearray, pos: int, take: int) -> None:
-        if side.message is not None and take:
-            with memoryview(buffer) as view:
-                side.message.body.add(view[pos : pos + take])
+        message = side.message
+        if message is None or not take:
+            return
+        if take < 4096:  # a small copy is cheaper than a memoryview
+            message.add_body(buffer[pos : pos + take])
+            return
+        with memoryview(buffer) as view:
+            message.add_body(view[pos : pos + take])
 
     def _desync(self, side: _Side, pos: int, event: TlsData, out: list[ProcessorItem]) -> bool:
         """Bytes at `pos` break framing: give up on what is in flight and
@@ -387,31 +393,24 @@ class Http1Parser:
         return True
 
     def _head(self, side: _Side, head: bytes, event: TlsData, out: list[ProcessorItem]) -> bool:
-        collector = _HeadCollector()
+        message = _Message(event.timestamp_ns, self._max_body)
         parser: httptools.HttpRequestParser | httptools.HttpResponseParser
         if side.is_client:
-            parser = httptools.HttpRequestParser(collector)
+            parser = httptools.HttpRequestParser(message)
         else:
-            parser = httptools.HttpResponseParser(collector)
+            parser = httptools.HttpResponseParser(message)
         # llhttp pauses with an error after a CONNECT or Upgrade head ("Pause
         # on CONNECT/Upgrade"); the head itself parsed when the callback ran,
         # and the framing is ours anyway
         with contextlib.suppress(httptools.HttpParserUpgrade, httptools.HttpParserError):
             parser.feed_data(head)
-        if not collector.done:
+        if not message.done:
             return False
-        message = _Message(event.timestamp_ns, self._max_body)
-        message.headers = tuple(collector.headers)
-        message.content_length = collector.content_length
-        message.transfer_encoding = collector.transfer_encoding
-        message.host = collector.host
         message.version = _version(parser)
         if isinstance(parser, httptools.HttpRequestParser):
             message.method = parser.get_method().decode("latin-1")
-            message.url = collector.url.decode("latin-1")
             return self._request_head(side, message, event, out)
         message.status = parser.get_status_code()
-        message.reason = collector.reason.decode("latin-1")
         return self._response_head(side, message, event, out)
 
     def _request_head(
@@ -547,5 +546,5 @@ class Http1Parser:
             started_ns=exchange.started_ns, finished_ns=timestamp_ns, complete=complete,
         ))
         for message in (request, response):
-            if message is not None and message.body.dropped:
-                out.append(body_lost(self.info, timestamp_ns, message.body.dropped))
+            if message is not None and message.dropped:
+                out.append(body_lost(self.info, timestamp_ns, message.dropped))
