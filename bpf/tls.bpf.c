@@ -24,6 +24,11 @@ char LICENSE[] SEC("license") = "GPL";
 const struct tls_data_event *unused_tls_data_event __attribute__((unused));
 const struct conn_close_event *unused_conn_close_event __attribute__((unused));
 
+/* call_state.direction of an SSL_do_handshake in flight: it carries no
+ * data, but its nested syscalls name the fd before the first read, whose
+ * record OpenSSL may already have buffered during the handshake. */
+#define CALL_HANDSHAKE 2
+
 #define AF_INET 2
 #define AF_INET6 10
 #define S_IFMT 00170000
@@ -180,6 +185,13 @@ SEC("uprobe")
 int BPF_KPROBE(recv_ex_enter)
 {
 	return enter(ctx, DIRECTION_RECV, 1);
+}
+
+/* (SSL *ssl) -> int */
+SEC("uprobe")
+int BPF_KPROBE(handshake_enter)
+{
+	return enter(ctx, CALL_HANDSHAKE, 0);
 }
 
 static __always_inline void read_endpoints(int fd, struct conn_state *conn)
@@ -408,6 +420,9 @@ int BPF_KRETPROBE(call_return, int ret)
 		return 0;
 	call = *found;
 	bpf_map_delete_elem(&calls, &pid_tgid);
+	/* A handshake moves no application data; it was there for the fd. */
+	if (call.direction == CALL_HANDSHAKE)
+		return 0;
 	/* Failed, or retried later (e.g. WANT_READ before the handshake
 	 * ends): nothing moved, so nothing is reported. */
 	if (ret <= 0)

@@ -150,6 +150,13 @@ class LoadedObject:
         self._readers.append(reader)
         return reader
 
+    def detach(self) -> None:
+        """Detach every link (newest first) but keep maps and readers: what the
+        programs already submitted can still be read, and nothing new arrives."""
+        for link in reversed(self._links):
+            link.close()
+        self._links.clear()
+
     def close(self) -> None:
         """Free readers, detach every link (newest first), then close maps and programs."""
         if self._handle is None:

@@ -193,18 +193,20 @@ class Module(abc.ABC):
                 next_stats = now + STATS_INTERVAL_S
                 self._check_kernel_stats()
                 pipeline.tick(time.time_ns())
-        self._drain()
 
     def stop(self) -> None:
         """Ask run() to return; safe from a signal handler or another thread."""
         self._stop.set()
 
     def close(self) -> None:
-        """Drain, flush, detach and close everything; idempotent."""
+        """Detach, drain, flush and close everything; idempotent."""
         if self.state is ModuleState.CLOSED:
             return
         try:
-            if self.state is ModuleState.STARTED:
+            if self.state is ModuleState.STARTED and self._loaded is not None:
+                # Detach first: under load the ring refills as fast as it is
+                # read, so only a ring nobody writes to can be drained.
+                self._loaded.detach()
                 self._drain()
                 self._report_unattributed_losses()
         finally:
@@ -215,14 +217,11 @@ class Module(abc.ABC):
     # ----- internals --------------------------------------------------------------------
 
     def _drain(self) -> None:
-        """Consume what is still in the ring (bounded: the ring is finite)."""
+        """Consume what is still in the (detached, hence finite) ring."""
         reader, pipeline = self._reader, self._pipeline
         if reader is None or pipeline is None:
             return
-        for _ in range(1000):
-            batch = reader.poll(0)
-            if not batch:
-                break
+        while batch := reader.poll(0):
             pipeline.handle_batch(batch)
 
     def read_kernel_stats(self) -> dict[Stat, int]:

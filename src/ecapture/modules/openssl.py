@@ -38,6 +38,8 @@ ENTRY_PROGRAMS = {
     (Direction.RECV, CallSemantics.EX): "recv_ex_enter",
 }
 RETURN_PROGRAM = "call_return"
+HANDSHAKE_PROGRAM = "handshake_enter"
+HANDSHAKE_SYMBOL = "SSL_do_handshake"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +71,9 @@ class HookedLibrary:
     path: Path
     version: SslVersion
     hooks: tuple[HookPoint, ...]
+    # SSL_do_handshake's file offset: probing it names the fd of a connection
+    # before its first read (None when the library does not export it).
+    handshake_offset: int | None
 
 
 @register("tls", "openssl")
@@ -145,14 +150,20 @@ class OpensslModule(Module):
                 continue
             seen.add((stat.st_dev, stat.st_ino))
             try:
-                hooks = plan_ssl_hooks(Executable(path), prefer_internal=prefer_internal)
+                executable = Executable(path)
+                hooks = plan_ssl_hooks(executable, prefer_internal=prefer_internal)
             except EcaptureError as error:
                 if explicit:
-                    raise
+                    raise LibraryNotFound(
+                        f"--libssl {path}: not an OpenSSL/BoringSSL library or program "
+                        f"({error})"
+                    ) from None
                 log.warning("not hooking %s: %s", path, error)
                 continue
             version = detect_ssl_version(path)
-            library = HookedLibrary(path, version, tuple(hooks))
+            handshake = (executable.offset_of(HANDSHAKE_SYMBOL)
+                         if executable.has(HANDSHAKE_SYMBOL) else None)
+            library = HookedLibrary(path, version, tuple(hooks), handshake)
             self.libraries.append(library)
             log.info(
                 "%s: %s %s; %s", path, version.flavor, version.version or "(version unknown)",
@@ -195,6 +206,12 @@ class OpensslModule(Module):
                     RETURN_PROGRAM, library.path, hook.file_offset, retprobe=True,
                     label=f"{label} (return)",
                 ))
+            if library.handshake_offset is not None:
+                label = f"{library.path.name}:{HANDSHAKE_SYMBOL}"
+                specs.append(ProbeSpec(HANDSHAKE_PROGRAM, library.path,
+                                       library.handshake_offset, label=label))
+                specs.append(ProbeSpec(RETURN_PROGRAM, library.path, library.handshake_offset,
+                                       retprobe=True, label=f"{label} (return)"))
         return specs
 
     def auto_attached_programs(self) -> Sequence[str]:
