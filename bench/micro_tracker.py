@@ -1,8 +1,8 @@
 """Time the tracker alone on a wrk-against-nginx-like HTTP/1.1 keep-alive stream.
 
-Not a test (pytest does not collect it); run it by hand:
+Not a test; run it by hand:
 
-    .venv/bin/python -m tests.unit.processor.bench_tracker
+    .venv/bin/python -m bench.micro_tracker
 
 Every figure is CPU time of this process per event, best of a few rounds,
 beside a baseline measured in the same run: h11 reading the same stream
@@ -15,10 +15,11 @@ import time
 
 import h11
 
-from ecapture.events import TlsData
+from ecapture.events import Direction, Endpoint, TlsData
 from ecapture.processor.tracker import ConnectionTracker
 
-from .factories import RECV, SEND, tls_data
+SEND = Direction.SEND
+RECV = Direction.RECV
 
 # what wrk sends and nginx `return 200 "ok"` answers (BENCH.md workload)
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n\r\n"
@@ -27,6 +28,16 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 
 EVENTS = 200_000
 CONNECTIONS = 8
 ROUNDS = 5
+
+
+def tls_data(data: bytes, direction: Direction, *, conn_id: int, timestamp_ns: int = 0
+             ) -> TlsData:
+    return TlsData(
+        timestamp_ns=timestamp_ns, pid=4242, tid=4242, uid=33, comm="wrk", conn_id=conn_id,
+        fd=5, direction=direction, call_id=timestamp_ns, call_len=len(data), offset=0,
+        data=data, last_chunk=True, truncated=False, local=Endpoint("127.0.0.1", 51234),
+        remote=Endpoint("127.0.0.1", 8443), lost_records=0, lost_bytes=0,
+    )
 
 
 def keepalive_events(count: int) -> list[TlsData]:
