@@ -510,15 +510,21 @@ def test_ring_reader_throughput(
     )
 
 
+@pytest.mark.parametrize(
+    ("limits", "largest"),
+    [({"max_batch": 64}, 64), ({"max_batch_bytes": 64 * 40}, 40)],
+)
 def test_ring_reader_returns_bounded_batches_and_loses_nothing(
-    run_traced: Callable[..., Traced], traced_program: Path
+    run_traced: Callable[..., Traced], traced_program: Path, limits: dict[str, int],
+    largest: int,
 ) -> None:
-    """A poll stops at max_batch records; the record that ended it is kept, not retried."""
+    """A poll stops at max_batch records (or max_batch_bytes); the record that
+    ended it is kept, not retried."""
     count = 1000
     traced = run_traced("burst", count, 64)
     with open_spec(magic=12).load() as loaded:
         loaded.attach_uprobe("on_burst", traced_program, symbol="burst")
-        reader = loaded.ring_reader("events", max_batch=64)
+        reader = loaded.ring_reader("events", **limits)
         traced.release()
         batches: list[list[bytes]] = []
         deadline = time.monotonic() + WAIT_S
@@ -527,6 +533,6 @@ def test_ring_reader_returns_bounded_batches_and_loses_nothing(
             if batch:
                 batches.append(batch)
         assert reader.poll(0) == []
-    assert max(map(len, batches)) == 64
+    assert max(map(len, batches)) == largest
     records = [record for batch in batches for record in batch]
     assert [RECORD.unpack_from(r)[1] for r in records] == list(range(count))

@@ -15,7 +15,12 @@ from types import TracebackType
 
 from ecapture.bpf import _libbpf
 from ecapture.bpf.maps import Map
-from ecapture.bpf.readers import DEFAULT_MAX_BATCH, PerfReader, RingReader
+from ecapture.bpf.readers import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_BATCH_BYTES,
+    PerfReader,
+    RingReader,
+)
 from ecapture.errors import BpfError, LibraryNotFound
 
 logger = logging.getLogger(__name__)
@@ -134,11 +139,15 @@ class LoadedObject:
             raise BpfError(f"{self.path.name} has no map named {name!r}")
         return Map(int(handle), self)
 
-    def ring_reader(self, map_name: str, *, max_batch: int = DEFAULT_MAX_BATCH) -> RingReader:
+    def ring_reader(
+        self, map_name: str, *, max_batch: int = DEFAULT_MAX_BATCH,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    ) -> RingReader:
         ring = self.map(map_name)
         if ring.map_type != _libbpf.BPF_MAP_TYPE_RINGBUF:
             raise BpfError(f"map {map_name!r} is not a ring buffer (type {ring.map_type})")
-        reader = RingReader(ring.fd, map_name, max_batch=max_batch)
+        reader = RingReader(ring.fd, map_name, max_batch=max_batch,
+                            max_batch_bytes=max_batch_bytes)
         self._readers.append(reader)
         return reader
 

@@ -31,26 +31,41 @@ class LostSamples:
 # returned it is consumed and (already copied) kept: nothing is lost or retried.
 _BATCH_FULL = -errno.ECANCELED
 DEFAULT_MAX_BATCH = 16384
+DEFAULT_MAX_BATCH_BYTES = 4 << 20
 
 
 class RingReader:
     """Reads a BPF_MAP_TYPE_RINGBUF map through libbpf's ring_buffer.
 
-    One poll returns at most `max_batch` records, so a full 64 MiB ring is
-    drained in bounded slices instead of tens of MB of bytes objects at once.
+    One poll returns at most `max_batch` records or about `max_batch_bytes`,
+    so a full 64 MiB ring is drained in bounded slices: the caller processes
+    each slice while the kernel keeps filling the ring, instead of stalling
+    on tens of MB at once (measured with 16 KiB records: whole-ring batches
+    stalled the reader long enough for the ring to overflow).
     """
 
-    def __init__(self, map_fd: int, map_name: str, *, max_batch: int = DEFAULT_MAX_BATCH) -> None:
-        if max_batch <= 0:
-            raise BpfError(f"ring reader batch must be > 0; got {max_batch}")
+    def __init__(
+        self, map_fd: int, map_name: str, *, max_batch: int = DEFAULT_MAX_BATCH,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    ) -> None:
+        if max_batch <= 0 or max_batch_bytes <= 0:
+            raise BpfError(
+                f"ring reader batch must be > 0; got {max_batch} records, {max_batch_bytes} bytes"
+            )
         self.map_name = map_name
         pending: list[bytes] = []
         append = pending.append
         string_at = ctypes.string_at
+        pending_bytes = [0]  # a cell: the callback cannot rebind an outer int
 
         def on_sample(_context: int | None, data: int, size: int) -> int:
             append(string_at(data, size))
-            return _BATCH_FULL if len(pending) >= max_batch else 0
+            pending_bytes[0] += size
+            if len(pending) >= max_batch or pending_bytes[0] >= max_batch_bytes:
+                return _BATCH_FULL
+            return 0
+
+        self._pending_bytes = pending_bytes
 
         self._pending = pending
         self._callback = _libbpf.RING_SAMPLE_FN(on_sample)  # libbpf keeps only the pointer
@@ -84,11 +99,13 @@ class RingReader:
             # A signal only cuts the wait short; a full batch ends it early.
             if result < 0 and result not in (-errno.EINTR, _BATCH_FULL):
                 self._pending.clear()
+                self._pending_bytes[0] = 0
                 raise _libbpf.error(f"polling ring buffer {self.map_name!r}", result)
             if result != _BATCH_FULL:
                 result = library.ring_buffer__consume(self._ring)
             records = self._pending.copy()
             self._pending.clear()
+            self._pending_bytes[0] = 0
         if result < 0 and result != _BATCH_FULL:
             raise _libbpf.error(f"consuming ring buffer {self.map_name!r}", result)
         return records
