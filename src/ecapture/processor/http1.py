@@ -14,6 +14,7 @@ import contextlib
 import enum
 import re
 from collections import deque
+from functools import lru_cache
 
 import httptools
 
@@ -56,33 +57,54 @@ class _Mode(enum.Enum):
     TUNNEL = enum.auto()  # after CONNECT 2xx or 101: no longer HTTP
 
 
-class _Message:
-    """One request or response being read; also the httptools callback
-    object for its head (fed exactly that head), so that the fields which
-    decide framing are picked out while each header passes by."""
+_VERSIONS = {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1"}
+
+
+def _version(parser: httptools.HttpRequestParser | httptools.HttpResponseParser) -> str:
+    version: str = parser.get_http_version()
+    return _VERSIONS.get(version) or "HTTP/" + version
+
+
+class _Head:
+    """A parsed head. It is a pure function of the head's bytes and of the
+    direction, so the parse of a head seen before is reused (_read_head)."""
 
     __slots__ = (
-        "body", "content_length", "done", "header_list", "host", "limit", "method", "reason",
-        "started_ns", "status", "trailers", "transfer_encoding", "url", "version",
+        "authority", "content_length", "headers", "method", "reason", "status", "target",
+        "transfer_encoding", "version",
     )
 
-    def __init__(self, started_ns: int, limit: int) -> None:
-        self.started_ns = started_ns
-        self.limit = limit
-        self.method = ""
+    def __init__(
+        self, reader: _HeadReader, version: str, method: str, status: int
+    ) -> None:
+        host = reader.host
+        self.method = method
+        self.target = reader.url.decode("latin-1")
+        self.authority = host.decode("latin-1") if host is not None else None
+        self.status = status
+        self.reason = reader.reason.decode("latin-1")
+        self.version = version
+        self.headers: Headers = tuple(reader.header_list)
+        self.content_length = reader.content_length
+        self.transfer_encoding = reader.transfer_encoding
+
+
+class _HeadReader:
+    """The httptools callback object for one head (fed exactly that head):
+    the fields which decide framing are picked out as each header passes by."""
+
+    __slots__ = (
+        "content_length", "done", "header_list", "host", "reason", "transfer_encoding", "url",
+    )
+
+    def __init__(self) -> None:
         self.url = b""
-        self.status = 0
         self.reason = b""
-        self.version = "HTTP/1.1"
         self.header_list: list[tuple[bytes, bytes]] = []
-        self.trailers: Headers = ()
-        self.body: BodyBuffer | None = None  # made at the first body byte
         self.content_length: bytes | None = None
         self.transfer_encoding: bytes | None = None
         self.host: bytes | None = None
         self.done = False
-
-    # -- httptools callbacks ----------------------------------------------------
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -110,33 +132,100 @@ class _Message:
     def on_headers_complete(self) -> None:
         self.done = True
 
-    # -- body and records ------------------------------------------------------
+
+def _parse_head(head: bytes, is_request: bool) -> _Head | None:
+    """Parse one head with httptools; None when it is not a valid head."""
+    reader = _HeadReader()
+    parser: httptools.HttpRequestParser | httptools.HttpResponseParser
+    if is_request:
+        parser = httptools.HttpRequestParser(reader)
+    else:
+        parser = httptools.HttpResponseParser(reader)
+    # llhttp pauses with an error after a CONNECT or Upgrade head ("Pause
+    # on CONNECT/Upgrade"); the head itself parsed when the callback ran,
+    # and the framing is ours anyway
+    with contextlib.suppress(httptools.HttpParserUpgrade, httptools.HttpParserError):
+        parser.feed_data(head)
+    if not reader.done:
+        return None
+    if isinstance(parser, httptools.HttpRequestParser):
+        return _Head(reader, _version(parser), parser.get_method().decode("latin-1"), 0)
+    return _Head(reader, _version(parser), "", parser.get_status_code())
+
+
+# Clients and servers repeat their heads byte for byte (a load generator's
+# request, a server's response until its Date changes; keep-alive makes every
+# one of them a new head to parse), and a parse is ~1-2 us of httptools and
+# callbacks. Small heads only, so the caches hold at most ~2 MiB.
+HEAD_CACHE_SIZE = 256
+MAX_CACHED_HEAD = 4096
+
+
+@lru_cache(maxsize=HEAD_CACHE_SIZE)
+def _cached_request_head(head: bytes) -> _Head | None:
+    return _parse_head(head, True)
+
+
+@lru_cache(maxsize=HEAD_CACHE_SIZE)
+def _cached_response_head(head: bytes) -> _Head | None:
+    return _parse_head(head, False)
+
+
+def _read_head(head: bytes, is_request: bool) -> _Head | None:
+    """`_parse_head`, memoised for small heads."""
+    if len(head) > MAX_CACHED_HEAD:
+        return _parse_head(head, is_request)
+    if is_request:
+        return _cached_request_head(head)
+    return _cached_response_head(head)
+
+
+class _Message:
+    """One request or response being read: its head and its body."""
+
+    __slots__ = ("body", "first", "head", "limit", "started_ns", "trailers")
+
+    def __init__(self, head: _Head, started_ns: int, limit: int) -> None:
+        self.head = head
+        self.started_ns = started_ns
+        self.limit = limit
+        self.trailers: Headers = ()
+        # Most bodies arrive in one piece: that piece is kept as it came
+        # (`first`); a second piece moves both to a bounded buffer.
+        self.first = b""
+        self.body: BodyBuffer | None = None
 
     def add_body(self, chunk: bytes | bytearray | memoryview) -> None:
-        if self.body is None:
-            self.body = BodyBuffer(self.limit)
-        self.body.add(chunk)
+        body = self.body
+        if body is None:
+            if not self.first and len(chunk) <= self.limit:
+                self.first = bytes(chunk)  # no copy when it is bytes already
+                return
+            body = self.body = BodyBuffer(self.limit)
+            body.add(self.first)
+            self.first = b""
+        body.add(chunk)
 
     @property
     def dropped(self) -> int:
         return self.body.dropped if self.body is not None else 0
 
     def _body_bytes(self) -> bytes:
-        return bytes(self.body.data) if self.body is not None else b""
+        return bytes(self.body.data) if self.body is not None else self.first
 
     def as_request(self) -> HttpRequest:
-        host = self.host
+        head = self.head
         return HttpRequest(
-            method=self.method, target=self.url.decode("latin-1"),
-            authority=host.decode("latin-1") if host is not None else None, scheme=None,
-            version=self.version, headers=tuple(self.header_list), body=self._body_bytes(),
+            method=head.method, target=head.target, authority=head.authority, scheme=None,
+            version=head.version, headers=head.headers, body=self._body_bytes(),
             trailers=self.trailers, body_truncated=self.dropped > 0,
         )
 
     def as_response(self, informational: list[int]) -> HttpResponse:
+        head = self.head
         return HttpResponse(
-            status=self.status, reason=self.reason.decode("latin-1"), version=self.version,
-            headers=tuple(self.header_list), body=self._body_bytes(), trailers=self.trailers,
+            status=head.status, reason=head.reason, version=head.version,
+            headers=head.headers, body=self._body_bytes(), trailers=self.trailers,
             body_truncated=self.dropped > 0, informational=tuple(informational),
         )
 
@@ -174,14 +263,6 @@ class _Side:
         self.buffer.clear()
         self.message = None
         self.remaining = 0
-
-
-_VERSIONS = {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1"}
-
-
-def _version(parser: httptools.HttpRequestParser | httptools.HttpResponseParser) -> str:
-    version: str = parser.get_http_version()
-    return _VERSIONS.get(version) or "HTTP/" + version
 
 
 def _parse_trailers(block: bytes) -> Headers:
@@ -231,15 +312,21 @@ class Http1Parser:
         if mode is _Mode.TUNNEL:
             out.append(Unparsed(event, "tunnel"))
             return
+        data: bytes | bytearray = side.buffer
         if mode is _Mode.RESYNC:
             if not self._resync(side, event.data, event, out, report=True):
                 return
-        else:
+        elif data:
             side.buffer += event.data
-        while self._parse(side, event, out):
+        else:
+            # nothing carried over (the usual case): parse the chunk where it
+            # is; only what it leaves unparsed is copied to the buffer
+            data = event.data
+        while self._parse(side, data, event, out):
             # bytes after the point of desync may hold the next message
             if not self._resync(side, b"", event, out, report=False):
                 break
+            data = side.buffer
         if event.truncated and event.last_chunk:
             # the kernel copied less than the call moved: bytes are missing
             # right after this chunk
@@ -288,10 +375,13 @@ class Http1Parser:
         side.mode = _Mode.HEAD
         return True
 
-    def _parse(self, side: _Side, event: TlsData, out: list[ProcessorItem]) -> bool:
-        """Consume what the side's framing allows; True after a desync, with
-        `side.buffer` holding the bytes from the next line on."""
-        buffer = side.buffer
+    def _parse(
+        self, side: _Side, buffer: bytes | bytearray, event: TlsData, out: list[ProcessorItem]
+    ) -> bool:
+        """Consume what the side's framing allows of `buffer` (`side.buffer`,
+        or the event's bytes when nothing was carried over), keeping the rest
+        in `side.buffer`; True after a desync, with `side.buffer` holding the
+        bytes from the next line on."""
         pos = 0
         size = len(buffer)
         while pos < size:
@@ -302,12 +392,12 @@ class Http1Parser:
                 end = buffer.find(b"\r\n\r\n", pos)
                 if end < 0:
                     if size - pos > MAX_HEAD_BYTES:
-                        return self._desync(side, pos, event, out)
+                        return self._desync(side, buffer, pos, event, out)
                     break
                 head = bytes(buffer[pos : end + 4])
-                pos = end + 4
                 if not self._head(side, head, event, out):
-                    return self._desync(side, pos - len(head), event, out)
+                    return self._desync(side, buffer, pos, event, out)
+                pos = end + 4
             elif mode is _Mode.LENGTH:
                 take = min(side.remaining, size - pos)
                 self._body(side, buffer, pos, take)
@@ -320,7 +410,7 @@ class Http1Parser:
                 if match is None:
                     line_end = buffer.find(b"\n", pos)
                     if line_end >= 0 or size - pos > MAX_CHUNK_LINE:
-                        return self._desync(side, pos, event, out)
+                        return self._desync(side, buffer, pos, event, out)
                     break
                 pos = match.end()
                 chunk_size = int(match.group(1), 16)
@@ -339,10 +429,10 @@ class Http1Parser:
             elif mode is _Mode.CHUNK_END:
                 if size - pos < 2:
                     if buffer[pos] != 0x0D:
-                        return self._desync(side, pos, event, out)
+                        return self._desync(side, buffer, pos, event, out)
                     break
                 if buffer[pos : pos + 2] != b"\r\n":
-                    return self._desync(side, pos, event, out)
+                    return self._desync(side, buffer, pos, event, out)
                 pos += 2
                 side.mode = _Mode.CHUNK_SIZE
             elif mode is _Mode.TRAILERS:
@@ -354,7 +444,7 @@ class Http1Parser:
                     end = buffer.find(b"\r\n\r\n", pos)
                     if end < 0:
                         if size - pos > MAX_HEAD_BYTES:
-                            return self._desync(side, pos, event, out)
+                            return self._desync(side, buffer, pos, event, out)
                         break
                     if side.message is not None:
                         side.message.trailers = _parse_trailers(bytes(buffer[pos:end]))
@@ -365,52 +455,48 @@ class Http1Parser:
                 pos = size
             else:  # TUNNEL: the head just parsed switched protocols
                 out.append(Unparsed(event, "tunnel"))
-                buffer.clear()
+                side.buffer.clear()
                 return False
-        del buffer[:pos]
+        if buffer is side.buffer:
+            del side.buffer[:pos]
+        elif pos < size:
+            side.buffer += buffer[pos:]
         return False
 
-    def _body(self, side: _Side, buffer: bytearray, pos: int, take: int) -> None:
+    def _body(self, side: _Side, buffer: bytes | bytearray, pos: int, take: int) -> None:
         message = side.message
         if message is None or not take:
             return
-        if take < 4096:  # a small copy is cheaper than a memoryview
+        # a slice of bytes is the one copy a body needs; of the buffer, a
+        # small copy is cheaper than a memoryview
+        if take < 4096 or isinstance(buffer, bytes):
             message.add_body(buffer[pos : pos + take])
             return
         with memoryview(buffer) as view:
             message.add_body(view[pos : pos + take])
 
-    def _desync(self, side: _Side, pos: int, event: TlsData, out: list[ProcessorItem]) -> bool:
-        """Bytes at `pos` break framing: give up on what is in flight and
-        keep the bytes after that line for the resync scan."""
+    def _desync(
+        self, side: _Side, buffer: bytes | bytearray, pos: int, event: TlsData,
+        out: list[ProcessorItem],
+    ) -> bool:
+        """Bytes at `pos` of `buffer` break framing: give up on what is in
+        flight and keep the bytes after that line for the resync scan."""
         out.append(Unparsed(event, "desync"))
         self._flush_all(event.timestamp_ns, out)
-        buffer = side.buffer
         line_end = buffer.find(b"\n", pos)
-        rest = buffer[line_end + 1 :] if line_end >= 0 else bytearray()
+        rest = buffer[line_end + 1 :] if line_end >= 0 else b""
         side.resync("desync")
         side.buffer += rest
         return True
 
     def _head(self, side: _Side, head: bytes, event: TlsData, out: list[ProcessorItem]) -> bool:
-        message = _Message(event.timestamp_ns, self._max_body)
-        parser: httptools.HttpRequestParser | httptools.HttpResponseParser
-        if side.is_client:
-            parser = httptools.HttpRequestParser(message)
-        else:
-            parser = httptools.HttpResponseParser(message)
-        # llhttp pauses with an error after a CONNECT or Upgrade head ("Pause
-        # on CONNECT/Upgrade"); the head itself parsed when the callback ran,
-        # and the framing is ours anyway
-        with contextlib.suppress(httptools.HttpParserUpgrade, httptools.HttpParserError):
-            parser.feed_data(head)
-        if not message.done:
+        is_request = side.is_client
+        parsed = _read_head(head, is_request)
+        if parsed is None:
             return False
-        message.version = _version(parser)
-        if isinstance(parser, httptools.HttpRequestParser):
-            message.method = parser.get_method().decode("latin-1")
+        message = _Message(parsed, event.timestamp_ns, self._max_body)
+        if is_request:
             return self._request_head(side, message, event, out)
-        message.status = parser.get_status_code()
         return self._response_head(side, message, event, out)
 
     def _request_head(
@@ -423,8 +509,8 @@ class Http1Parser:
         self._exchanges.append(exchange)
         self._unanswered.append(exchange)
         side.message = message
-        encoding = message.transfer_encoding
-        length = message.content_length
+        encoding = message.head.transfer_encoding
+        length = message.head.content_length
         if encoding is not None:
             if not _transfer_chunked(encoding):
                 # RFC 9112 §6.3 item 4: a request's length cannot be known
@@ -447,13 +533,13 @@ class Http1Parser:
             exchange.request_done = True
             self._exchanges.append(exchange)
             self._unanswered.append(exchange)
-        status = message.status
+        status = message.head.status
         if 100 <= status < 200 and status != 101:
             exchange.informational.append(status)  # interim: the final one follows
             return True
         exchange.response = message
         side.message = message
-        method = exchange.request.method if exchange.request is not None else ""
+        method = exchange.request.head.method if exchange.request is not None else ""
         tunnel = status == 101 or (method == "CONNECT" and 200 <= status < 300)
         # RFC 9112 §6.3 items 1-2: these responses have no body
         if method == "HEAD" or status in (204, 304) or tunnel:
@@ -463,8 +549,8 @@ class Http1Parser:
                 self._server.mode = _Mode.TUNNEL
                 self._client.buffer.clear()
             return True
-        encoding = message.transfer_encoding
-        length = message.content_length
+        encoding = message.head.transfer_encoding
+        length = message.head.content_length
         if encoding is not None and _transfer_chunked(encoding):
             side.mode = _Mode.CHUNK_SIZE
         elif encoding is None and length is not None and length.isdigit():
