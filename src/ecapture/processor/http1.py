@@ -67,7 +67,7 @@ def _version(parser: httptools.HttpRequestParser | httptools.HttpResponseParser)
 
 class _Head:
     """A parsed head. It is a pure function of the head's bytes and of the
-    direction, so the parse of a head seen before is reused (_read_head)."""
+    direction, so the parse of a head seen before is reused (HEAD_CACHE_SIZE)."""
 
     __slots__ = (
         "authority", "content_length", "headers", "method", "reason", "status", "target",
@@ -171,62 +171,37 @@ def _cached_response_head(head: bytes) -> _Head | None:
     return _parse_head(head, False)
 
 
-def _read_head(head: bytes, is_request: bool) -> _Head | None:
-    """`_parse_head`, memoised for small heads."""
-    if len(head) > MAX_CACHED_HEAD:
-        return _parse_head(head, is_request)
-    if is_request:
-        return _cached_request_head(head)
-    return _cached_response_head(head)
-
-
 class _Message:
     """One request or response being read: its head and its body."""
 
-    __slots__ = ("body", "first", "head", "limit", "started_ns", "trailers")
+    __slots__ = ("body", "first", "head", "trailers")
 
-    def __init__(self, head: _Head, started_ns: int, limit: int) -> None:
+    def __init__(self, head: _Head) -> None:
         self.head = head
-        self.started_ns = started_ns
-        self.limit = limit
         self.trailers: Headers = ()
         # Most bodies arrive in one piece: that piece is kept as it came
         # (`first`); a second piece moves both to a bounded buffer.
         self.first = b""
         self.body: BodyBuffer | None = None
 
-    def add_body(self, chunk: bytes | bytearray | memoryview) -> None:
-        body = self.body
-        if body is None:
-            if not self.first and len(chunk) <= self.limit:
-                self.first = bytes(chunk)  # no copy when it is bytes already
-                return
-            body = self.body = BodyBuffer(self.limit)
-            body.add(self.first)
-            self.first = b""
-        body.add(chunk)
-
-    @property
-    def dropped(self) -> int:
-        return self.body.dropped if self.body is not None else 0
-
-    def _body_bytes(self) -> bytes:
-        return bytes(self.body.data) if self.body is not None else self.first
-
     def as_request(self) -> HttpRequest:
         head = self.head
+        body = self.body
         return HttpRequest(
             method=head.method, target=head.target, authority=head.authority, scheme=None,
-            version=head.version, headers=head.headers, body=self._body_bytes(),
-            trailers=self.trailers, body_truncated=self.dropped > 0,
+            version=head.version, headers=head.headers,
+            body=self.first if body is None else bytes(body.data), trailers=self.trailers,
+            body_truncated=body is not None and body.dropped > 0,
         )
 
-    def as_response(self, informational: list[int]) -> HttpResponse:
+    def as_response(self, informational: tuple[int, ...]) -> HttpResponse:
         head = self.head
+        body = self.body
         return HttpResponse(
-            status=head.status, reason=head.reason, version=head.version,
-            headers=head.headers, body=self._body_bytes(), trailers=self.trailers,
-            body_truncated=self.dropped > 0, informational=tuple(informational),
+            status=head.status, reason=head.reason, version=head.version, headers=head.headers,
+            body=self.first if body is None else bytes(body.data), trailers=self.trailers,
+            body_truncated=body is not None and body.dropped > 0,
+            informational=informational,
         )
 
 
@@ -241,16 +216,20 @@ class _Exchange:
         self.response: _Message | None = None
         self.request_done = False
         self.response_done = False
-        self.informational: list[int] = []
+        self.informational: tuple[int, ...] = ()  # 1xx statuses: rare, so no list
 
 
 class _Side:
     """One direction: its buffer, framing state and the message it reads."""
 
-    __slots__ = ("buffer", "is_client", "message", "mode", "remaining", "resync_reason")
+    __slots__ = (
+        "buffer", "is_client", "message", "mode", "read_cached_head", "remaining",
+        "resync_reason",
+    )
 
     def __init__(self, is_client: bool) -> None:
         self.is_client = is_client
+        self.read_cached_head = _cached_request_head if is_client else _cached_response_head
         self.buffer = bytearray()
         self.mode = _Mode.HEAD
         self.remaining = 0
@@ -387,15 +366,26 @@ class Http1Parser:
         while pos < size:
             mode = side.mode
             if mode is _Mode.HEAD:
-                while buffer.startswith(b"\r\n", pos):  # RFC 9112 §2.2: skip empty lines
-                    pos += 2
+                if buffer[pos] == 0x0D:  # RFC 9112 §2.2: skip empty lines before a start
+                    while buffer.startswith(b"\r\n", pos):
+                        pos += 2
                 end = buffer.find(b"\r\n\r\n", pos)
                 if end < 0:
                     if size - pos > MAX_HEAD_BYTES:
                         return self._desync(side, buffer, pos, event, out)
                     break
                 head = bytes(buffer[pos : end + 4])
-                if not self._head(side, head, event, out):
+                parsed = (
+                    side.read_cached_head(head) if len(head) <= MAX_CACHED_HEAD
+                    else _parse_head(head, side.is_client)
+                )
+                if parsed is None:
+                    return self._desync(side, buffer, pos, event, out)
+                if side.is_client:
+                    ok = self._request_head(side, _Message(parsed), event, out)
+                else:
+                    ok = self._response_head(side, _Message(parsed), event, out)
+                if not ok:
                     return self._desync(side, buffer, pos, event, out)
                 pos = end + 4
             elif mode is _Mode.LENGTH:
@@ -467,13 +457,21 @@ class Http1Parser:
         message = side.message
         if message is None or not take:
             return
-        # a slice of bytes is the one copy a body needs; of the buffer, a
-        # small copy is cheaper than a memoryview
-        if take < 4096 or isinstance(buffer, bytes):
-            message.add_body(buffer[pos : pos + take])
+        body = message.body
+        if body is None:
+            if not message.first and take <= self._max_body:
+                # the first piece: one copy (none when it is all of the bytes)
+                message.first = bytes(buffer[pos : pos + take])
+                return
+            body = message.body = BodyBuffer(self._max_body)
+            body.add(message.first)
+            message.first = b""
+        # of the buffer, a small copy is cheaper than a memoryview
+        if take < 4096:
+            body.add(buffer[pos : pos + take])
             return
         with memoryview(buffer) as view:
-            message.add_body(view[pos : pos + take])
+            body.add(view[pos : pos + take])
 
     def _desync(
         self, side: _Side, buffer: bytes | bytearray, pos: int, event: TlsData,
@@ -488,16 +486,6 @@ class Http1Parser:
         side.resync("desync")
         side.buffer += rest
         return True
-
-    def _head(self, side: _Side, head: bytes, event: TlsData, out: list[ProcessorItem]) -> bool:
-        is_request = side.is_client
-        parsed = _read_head(head, is_request)
-        if parsed is None:
-            return False
-        message = _Message(parsed, event.timestamp_ns, self._max_body)
-        if is_request:
-            return self._request_head(side, message, event, out)
-        return self._response_head(side, message, event, out)
 
     def _request_head(
         self, side: _Side, message: _Message, event: TlsData, out: list[ProcessorItem]
@@ -519,8 +507,10 @@ class Http1Parser:
         elif length is not None and length.isdigit() and int(length) > 0:
             side.mode = _Mode.LENGTH
             side.remaining = int(length)
-        else:  # no body (RFC 9112 §6.3 item 7)
-            self._message_done(side, event.timestamp_ns, out)
+        else:  # no body (RFC 9112 §6.3 item 7); what _message_done does, known exchange
+            side.message = None
+            exchange.request_done = True
+            self._emit_ready(event.timestamp_ns, out)
         return True
 
     def _response_head(
@@ -535,7 +525,7 @@ class Http1Parser:
             self._unanswered.append(exchange)
         status = message.head.status
         if 100 <= status < 200 and status != 101:
-            exchange.informational.append(status)  # interim: the final one follows
+            exchange.informational += (status,)  # interim: the final one follows
             return True
         exchange.response = message
         side.message = message
@@ -573,13 +563,15 @@ class Http1Parser:
         if message is None:
             return
         if side.is_client:
+            # the request just read is almost always the newest exchange
             for exchange in reversed(self._exchanges):
                 if exchange.request is message:
                     exchange.request_done = True
                     break
-        else:
-            self._response_done(message, timestamp_ns, out)
-            return
+        else:  # _response_done, side.message already cleared
+            unanswered = self._unanswered
+            if unanswered and unanswered[0].response is message:
+                unanswered.popleft().response_done = True
         self._emit_ready(timestamp_ns, out)
 
     def _response_done(
@@ -592,8 +584,11 @@ class Http1Parser:
 
     def _emit_ready(self, timestamp_ns: int, out: list[ProcessorItem]) -> None:
         exchanges = self._exchanges
-        while exchanges and exchanges[0].request_done and exchanges[0].response_done:
-            exchange = exchanges.popleft()
+        while exchanges:
+            exchange = exchanges[0]
+            if not (exchange.request_done and exchange.response_done):
+                return
+            exchanges.popleft()
             self._emit(exchange, timestamp_ns, exchange.request is not None, out)
 
     def _emit_oldest_unanswered(self, timestamp_ns: int, out: list[ProcessorItem]) -> None:
@@ -632,5 +627,5 @@ class Http1Parser:
             started_ns=exchange.started_ns, finished_ns=timestamp_ns, complete=complete,
         ))
         for message in (request, response):
-            if message is not None and message.dropped:
-                out.append(body_lost(self.info, timestamp_ns, message.dropped))
+            if message is not None and message.body is not None and message.body.dropped:
+                out.append(body_lost(self.info, timestamp_ns, message.body.dropped))
