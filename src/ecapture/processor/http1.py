@@ -227,9 +227,9 @@ class _Exchange:
         "informational", "request", "request_done", "response", "response_done", "started_ns",
     )
 
-    def __init__(self, started_ns: int) -> None:
+    def __init__(self, started_ns: int, request: _Message | None) -> None:
         self.started_ns = started_ns
-        self.request: _Message | None = None
+        self.request = request
         self.response: _Message | None = None
         self.request_done = False
         self.response_done = False
@@ -509,8 +509,7 @@ class Http1Parser:
     ) -> bool:
         if len(self._exchanges) >= MAX_UNANSWERED:
             self._emit_oldest_unanswered(event.timestamp_ns, out)
-        exchange = _Exchange(event.timestamp_ns)
-        exchange.request = message
+        exchange = _Exchange(event.timestamp_ns, message)
         self._exchanges.append(exchange)
         self._unanswered.append(exchange)
         side.message = message
@@ -527,7 +526,8 @@ class Http1Parser:
         else:  # no body (RFC 9112 §6.3 item 7); what _message_done does, known exchange
             side.message = None
             exchange.request_done = True
-            self._emit_ready(event.timestamp_ns, out)
+            if self._exchanges[0].response_done:  # else _emit_ready has nothing to emit
+                self._emit_ready(event.timestamp_ns, out)
         return True
 
     def _response_head(
@@ -536,7 +536,7 @@ class Http1Parser:
         if self._unanswered:
             exchange = self._unanswered[0]
         else:  # joined mid-way or after a gap: a response without its request
-            exchange = _Exchange(event.timestamp_ns)
+            exchange = _Exchange(event.timestamp_ns, None)
             exchange.request_done = True
             self._exchanges.append(exchange)
             self._unanswered.append(exchange)
