@@ -17,6 +17,7 @@ from collections import deque
 from functools import lru_cache
 
 import httptools
+import msgspec
 
 from ecapture.events import TlsData
 from ecapture.processor.base import BodyBuffer, body_lost
@@ -188,18 +189,19 @@ def _cached_response_head(head: bytes) -> _Head | None:
     return _parse_head(head, False)
 
 
-class _Message:
+# The per-message state below is a mutable msgspec Struct rather than a
+# slotted class: built in C, ~0.06 us instead of ~0.18 us for an __init__ in
+# Python, and each exchange makes three. eq=False keeps identity semantics;
+# gc=False is safe as these never form reference cycles.
+class _Message(msgspec.Struct, gc=False, eq=False):
     """One request or response being read: its head and its body."""
 
-    __slots__ = ("body", "first", "head", "trailers")
-
-    def __init__(self, head: _Head) -> None:
-        self.head = head
-        self.trailers: Headers = ()
-        # Most bodies arrive in one piece: that piece is kept as it came
-        # (`first`); a second piece moves both to a bounded buffer.
-        self.first = b""
-        self.body: BodyBuffer | None = None
+    head: _Head
+    trailers: Headers = ()
+    # Most bodies arrive in one piece: that piece is kept as it came
+    # (`first`); a second piece moves both to a bounded buffer.
+    first: bytes = b""
+    body: BodyBuffer | None = None
 
     def as_request(self) -> HttpRequest:
         head = self.head
@@ -222,18 +224,13 @@ class _Message:
         )
 
 
-class _Exchange:
-    __slots__ = (
-        "informational", "request", "request_done", "response", "response_done", "started_ns",
-    )
-
-    def __init__(self, started_ns: int, request: _Message | None) -> None:
-        self.started_ns = started_ns
-        self.request = request
-        self.response: _Message | None = None
-        self.request_done = False
-        self.response_done = False
-        self.informational: tuple[int, ...] = ()  # 1xx statuses: rare, so no list
+class _Exchange(msgspec.Struct, gc=False, eq=False):
+    started_ns: int
+    request: _Message | None
+    response: _Message | None = None
+    request_done: bool = False
+    response_done: bool = False
+    informational: tuple[int, ...] = ()  # 1xx statuses: rare, so no list
 
 
 class _Side:
@@ -643,6 +640,10 @@ class Http1Parser:
             else None,
             started_ns=exchange.started_ns, finished_ns=timestamp_ns, complete=complete,
         ))
+        if (request is None or request.body is None) and (
+            response is None or response.body is None
+        ):
+            return  # no body buffer, so nothing dropped: the common case, no loop
         for message in (request, response):
             if message is not None and message.body is not None and message.body.dropped:
                 out.append(body_lost(self.info, timestamp_ns, message.body.dropped))
