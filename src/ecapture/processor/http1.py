@@ -10,7 +10,6 @@ by its framing or by the connection's close, never by a timer.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import re
 from collections import deque
@@ -161,9 +160,12 @@ def _parse_head(head: bytes, is_request: bool) -> _Head | None:
         parser = httptools.HttpResponseParser(reader)
     # llhttp pauses with an error after a CONNECT or Upgrade head ("Pause
     # on CONNECT/Upgrade"); the head itself parsed when the callback ran,
-    # and the framing is ours anyway
-    with contextlib.suppress(httptools.HttpParserUpgrade, httptools.HttpParserError):
+    # and the framing is ours anyway. (try/except, not contextlib.suppress:
+    # building that context manager cost ~0.3 us per head.)
+    try:  # noqa: SIM105
         parser.feed_data(head)
+    except (httptools.HttpParserUpgrade, httptools.HttpParserError):
+        pass
     if not reader.done:
         return None
     if isinstance(parser, httptools.HttpRequestParser):
