@@ -79,36 +79,21 @@ _MODE_TUNNEL = _Mode.TUNNEL
 _VERSIONS = {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1"}
 
 
-def _version(parser: httptools.HttpRequestParser | httptools.HttpResponseParser) -> str:
-    version: str = parser.get_http_version()
-    return _VERSIONS.get(version) or "HTTP/" + version
-
-
-class _Head:
+class _Head(msgspec.Struct, frozen=True, gc=False):
     """A parsed head. It is a pure function of the head's bytes and of the
     direction, so the parse of a head seen before is reused (HEAD_CACHE_SIZE)."""
 
-    __slots__ = (
-        "authority", "chunked", "content_length", "headers", "method", "reason", "status",
-        "target", "transfer_encoding", "version",
-    )
-
-    def __init__(
-        self, reader: _HeadReader, version: str, method: str, status: int
-    ) -> None:
-        host = reader.host
-        self.method = method
-        self.target = reader.url.decode("latin-1")
-        self.authority = host.decode("latin-1") if host is not None else None
-        self.status = status
-        self.reason = reader.reason.decode("latin-1")
-        self.version = version
-        self.headers: Headers = tuple(reader.header_list)
-        self.transfer_encoding = encoding = reader.transfer_encoding
-        # what framing needs, worked out once per distinct head
-        self.chunked = encoding is not None and _transfer_chunked(encoding)
-        length = reader.content_length
-        self.content_length = int(length) if length is not None and length.isdigit() else None
+    method: str  # "" for a response
+    target: str
+    authority: str | None
+    status: int  # 0 for a request
+    reason: str
+    version: str
+    headers: Headers
+    transfer_encoding: bytes | None
+    # what framing needs, worked out once per distinct head
+    chunked: bool
+    content_length: int | None  # None when absent or not a number
 
 
 class _HeadReader:
@@ -173,9 +158,23 @@ def _parse_head(head: bytes, is_request: bool) -> _Head | None:
         pass
     if not reader.done:
         return None
+    version: str = parser.get_http_version()
     if isinstance(parser, httptools.HttpRequestParser):
-        return _Head(reader, _version(parser), parser.get_method().decode("latin-1"), 0)
-    return _Head(reader, _version(parser), "", parser.get_status_code())
+        method, status = parser.get_method().decode("latin-1"), 0
+    else:
+        method, status = "", parser.get_status_code()
+    host = reader.host
+    encoding = reader.transfer_encoding
+    length = reader.content_length
+    return _Head(
+        method=method, target=reader.url.decode("latin-1"),
+        authority=host.decode("latin-1") if host is not None else None,
+        status=status, reason=reader.reason.decode("latin-1"),
+        version=_VERSIONS.get(version) or "HTTP/" + version,
+        headers=tuple(reader.header_list), transfer_encoding=encoding,
+        chunked=encoding is not None and _transfer_chunked(encoding),
+        content_length=int(length) if length is not None and length.isdigit() else None,
+    )
 
 
 # Clients and servers repeat their heads byte for byte (a load generator's
