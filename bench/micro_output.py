@@ -1,29 +1,49 @@
-"""Micro-benchmark of the JSON lines writer on data events (not a test).
+"""Micro-benchmark of the writers (not a test).
 
-Times JsonLinesWriter.write() for every event plus flush() once per batch
-into a real FdSink on /dev/null (so the sink's buffer copy and the OS write
-are included), against two baselines timed in the same run:
+Data events: JsonLinesWriter.write() for every event plus flush() once per
+batch into a real FdSink on /dev/null (so the sink's buffer copy and the OS
+write are included), against two baselines timed in the same run:
   floor:  msgspec encode_lines of pre-built structs (encoding alone);
   stdlib: json.dumps of a dict with base64 done by the base64 module.
-Run: PYTHONPATH=src .venv/bin/python bench/micro_output.py
+
+HTTP exchanges (`--http`): write() + flush() per batch for the JSON and the
+text writer on the common case (small text body, no content coding, a few
+headers), in three shapes of header tuples: shared by every exchange (the
+parser memoises repeated heads), equal but freshly built, and with a Date
+value that differs per exchange. `--baseline REV` loads src/ecapture/output
+as it was at git revision REV under another package name and times it
+interleaved with the current code, so the ratio is from one process.
+Run: .venv/bin/python -m bench.micro_output [--http] [--baseline REV]
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
+import importlib
+import io
 import json
 import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC
+from pathlib import Path
+from types import ModuleType
 
 import msgspec
 
 from ecapture.events import Direction, Endpoint, TlsData
 from ecapture.output.jsonl import DataEvent, JsonLinesWriter
 from ecapture.output.sinks import FdSink
+from ecapture.processor.model import ConnectionInfo, HttpExchange, HttpRequest, HttpResponse
 
 BATCH = 256
 ROUNDS = 5
+BASELINE_PACKAGE = "ecapture_baseline_output"
 
 
 def make_event(size: int, index: int) -> TlsData:
@@ -95,11 +115,117 @@ def measure(size: int, count: int) -> None:
           f"(writer/stdlib {ours_us / stdlib_us:4.2f})")
 
 
+# -- HTTP exchanges ------------------------------------------------------
+
+REQUEST_HEAD = ((b"Host", b"127.0.0.1:8443"), (b"User-Agent", b"wrk/4.2"),
+                (b"Accept", b"*/*"))
+RESPONSE_HEAD = ((b"Server", b"nginx/1.22.1"), (b"Date", b"Wed, 25 Nov 2026 08:00:00 GMT"),
+                 (b"Content-Type", b"text/html"), (b"Content-Length", b"57"),
+                 (b"Connection", b"keep-alive"), (b"ETag", b'"6566b5c8-39"'))
+RESPONSE_BODY = b"<html><body><h1>It works, and it is small.</h1></body></html>"[:57]
+
+
+def _fresh(head: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """Equal header bytes in new objects, as a parser without memo yields them."""
+    return tuple((bytes(bytearray(name)), bytes(bytearray(value))) for name, value in head)
+
+
+def make_exchanges(shape: str) -> list[HttpExchange]:
+    connection = ConnectionInfo(pid=1234, comm="wrk", uid=0, fd=5, conn_id=0x1000,
+                                client=Endpoint("127.0.0.1", 40000),
+                                server=Endpoint("127.0.0.1", 8443))
+    exchanges = []
+    for index in range(BATCH):
+        request_head, response_head = REQUEST_HEAD, RESPONSE_HEAD
+        if shape != "shared":
+            request_head, response_head = _fresh(REQUEST_HEAD), _fresh(RESPONSE_HEAD)
+        if shape == "varied":
+            date = f"Wed, 25 Nov 2026 08:{index // 60 % 60:02d}:{index % 60:02d} GMT".encode()
+            response_head = (response_head[0], (b"Date", date), *response_head[2:])
+        started = 1_700_000_000_000_000_000 + index * 1000
+        exchanges.append(HttpExchange(
+            connection=connection,
+            request=HttpRequest("GET", "/", "127.0.0.1:8443", None, "HTTP/1.1", request_head,
+                                b""),
+            response=HttpResponse(200, "OK", "HTTP/1.1", response_head, RESPONSE_BODY),
+            started_ns=started, finished_ns=started + 80_000,
+        ))
+    return exchanges
+
+
+def load_baseline(revision: str, into: Path) -> ModuleType:
+    """src/ecapture/output at `revision`, importable as BASELINE_PACKAGE."""
+    archive = subprocess.run(
+        ["git", "archive", revision, "src/ecapture/output"], check=True, capture_output=True,
+        timeout=60,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    package = into / BASELINE_PACKAGE
+    (into / "src" / "ecapture" / "output").rename(package)
+    for module in package.glob("*.py"):
+        module.write_text(module.read_text().replace("ecapture.output", BASELINE_PACKAGE))
+    sys.path.insert(0, str(into))
+    return importlib.import_module(BASELINE_PACKAGE)
+
+
+def measure_http(writer_classes: dict[str, tuple[type, type]], count: int) -> None:
+    batches = count // BATCH
+    total = batches * BATCH
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    sink = FdSink(devnull, os.devnull, owns_fd=True)
+    for shape in ("shared", "fresh", "varied"):
+        exchanges = make_exchanges(shape)
+        results: dict[str, dict[str, float]] = {}
+        for _ in range(2):  # interleaved twice; the best of each is kept
+            for label, (json_class, text_class) in writer_classes.items():
+                writers = {"json": json_class("tls", sink),
+                           "text": text_class("tls", sink, timezone=UTC)}
+                for kind, writer in writers.items():
+
+                    def run(writer: object = writer, exchanges: list[HttpExchange] = exchanges
+                            ) -> None:
+                        for _ in range(batches):
+                            for exchange in exchanges:
+                                writer.write(exchange)  # type: ignore[attr-defined]
+                            writer.flush()  # type: ignore[attr-defined]
+
+                    value = best_per_event(run, total)
+                    best = results.setdefault(label, {})
+                    best[kind] = min(best.get(kind, value), value)
+        line = [f"http {shape:6s}"]
+        for kind in ("json", "text"):
+            parts = [f"{label} {times[kind]:6.2f}" for label, times in results.items()]
+            ratio = ""
+            if "baseline" in results:
+                speedup = results["baseline"][kind] / results["current"][kind]
+                ratio = f" (baseline/current {speedup:4.2f})"
+            line.append(f"{kind}: " + ", ".join(parts) + f" µs/exchange{ratio}")
+        print(" | ".join(line))
+    sink.close()
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--http", action="store_true", help="time HTTP exchanges only")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also time src/ecapture/output as of git revision REV")
+    parser.add_argument("--exchanges", type=int, default=51_200)
+    args = parser.parse_args()
     print(f"load: {os.getloadavg()[0]:.2f}")
-    measure(64, 256_000)
-    measure(1024, 128_000)
-    measure(16384, 12_800)
+    if not args.http:
+        measure(64, 256_000)
+        measure(1024, 128_000)
+        measure(16384, 12_800)
+        return
+    from ecapture.output.text import TextWriter
+
+    classes: dict[str, tuple[type, type]] = {"current": (JsonLinesWriter, TextWriter)}
+    with tempfile.TemporaryDirectory() as directory:
+        if args.baseline:
+            baseline = load_baseline(args.baseline, Path(directory))
+            classes = {"baseline": (baseline.JsonLinesWriter, baseline.TextWriter), **classes}
+        measure_http(classes, args.exchanges)
 
 
 if __name__ == "__main__":

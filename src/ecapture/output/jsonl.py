@@ -4,6 +4,10 @@ The hot path of the benchmark: a data event becomes one msgspec Struct
 (bytes fields are written as base64 by msgspec itself) and the batch is
 encoded with one `encode_lines` call at `flush()`, which measured about
 twice as fast as encoding item by item (bench/micro_output.py).
+An HTTP event reuses what repeats between exchanges: a head's header pairs
+are encoded to JSON once and embedded as `msgspec.Raw` (the same bytes the
+encoder would write for the list), and a connection's endpoint texts are
+made once. tests/unit/output/test_output_golden.py pins the bytes.
 Every key is always present (null when unknown), so `jq` filters and
 schemas need no existence tests.
 """
@@ -17,13 +21,15 @@ import msgspec
 from ecapture.events import ConnClose, Direction, Endpoint, Lost, TlsData
 from ecapture.output.base import CutCount, OutputItem, Sink
 from ecapture.output.content import (
-    BodyView,
     exchange_url,
     header_pairs,
+    header_value,
     view_body,
 )
 from ecapture.processor.model import (
+    ConnectionInfo,
     GrpcMessage,
+    Headers,
     HttpExchange,
     HttpRequest,
     HttpResponse,
@@ -36,6 +42,13 @@ from ecapture.processor.model import (
 MAX_PENDING = 4096
 MAX_PENDING_PAYLOAD_BYTES = 1 << 20
 MAX_CACHED_ENDPOINTS = 4096
+# Heads (header tuples) and connections whose output text is kept; more
+# distinct ones empty the cache (a head that never repeats costs one extra
+# encode, ~0.3 µs). Only heads up to MAX_CACHED_HEAD_BYTES are kept, so the
+# cache stays under ~2 MiB.
+MAX_CACHED_HEADS = 512
+MAX_CACHED_HEAD_BYTES = 4096
+MAX_CACHED_CONNECTIONS = 4096
 _SEND = Direction.SEND
 
 
@@ -87,12 +100,12 @@ class LostEvent(msgspec.Struct):
 
 
 class HttpBody(msgspec.Struct):
-    headers: list[tuple[str, str]]
+    headers: msgspec.Raw  # [[name, value], ...], latin-1 text, pre-encoded
     body: str | None  # the decoded body when it is UTF-8 text
     body_b64: bytes | None  # otherwise its bytes
     body_len: int  # bytes on the wire (de-chunked, still content-encoded)
     body_truncated: bool
-    trailers: list[tuple[str, str]]
+    trailers: msgspec.Raw  # as headers
 
 
 class HttpResponseBody(HttpBody):
@@ -141,13 +154,6 @@ class HttpEvent(msgspec.Struct):
 JsonEvent = DataEvent | CloseEvent | LostEvent | HttpEvent
 
 
-def _text_or_bytes(view: BodyView) -> tuple[str | None, bytes | None]:
-    try:
-        return view.shown.decode("utf-8"), None
-    except UnicodeDecodeError:
-        return None, view.shown
-
-
 class JsonLinesWriter:
     """Formats items as JSON lines into `sink`; Unparsed items are skipped
     (their bytes already went out as "data" events)."""
@@ -159,6 +165,9 @@ class JsonLinesWriter:
         self._tsize = tsize
         self._pending: list[JsonEvent] = []
         self._endpoint_texts: dict[tuple[str, int], str] = {}
+        # head -> (its pairs as JSON, its Content-Encoding or None)
+        self._heads: dict[Headers, tuple[msgspec.Raw, str | None]] = {}
+        self._connection_texts: dict[ConnectionInfo, tuple[str | None, str | None]] = {}
         self._pending_payload = 0  # payload bytes in self._pending
         self._encoder = msgspec.json.Encoder()
         self._closed = False
@@ -224,16 +233,50 @@ class JsonLinesWriter:
             text = self._endpoint_texts[key] = str(endpoint)
         return text
 
-    def _body(self, request_or_response: HttpRequest | HttpResponse) -> HttpBody:
-        view = view_body(request_or_response, self._tsize)
-        if view.cut_bytes:
-            self.cut.add(view.cut_bytes)
-        text, raw = _text_or_bytes(view)
-        return HttpBody(
-            header_pairs(request_or_response.headers), text, raw,
-            len(request_or_response.body),
-            request_or_response.body_truncated or view.cut_bytes > 0,
-            header_pairs(request_or_response.trailers),
+    def _head(self, headers: Headers) -> tuple[msgspec.Raw, str | None]:
+        """The header pairs as encoded JSON and the Content-Encoding value,
+        cached by the head's bytes: one decode and encode per distinct head
+        (per pair they cost ~1.2 µs a head, bench/micro_output.py)."""
+        entry = self._heads.get(headers)
+        if entry is None:
+            entry = (msgspec.Raw(self._encoder.encode(header_pairs(headers))),
+                     header_value(headers, b"content-encoding"))
+            if sum(len(name) + len(value) for name, value in headers) <= MAX_CACHED_HEAD_BYTES:
+                if len(self._heads) >= MAX_CACHED_HEADS:
+                    self._heads.clear()
+                self._heads[headers] = entry
+        return entry
+
+    def _body(self, message: HttpRequest | HttpResponse) -> HttpBody:
+        headers, encoding = self._head(message.headers)
+        body = message.body
+        truncated = message.body_truncated
+        if encoding is not None and body:
+            # A content coding: view_body undoes it when it can (rare path).
+            view = view_body(message, self._tsize)
+            shown = view.shown
+            if view.cut_bytes:
+                self.cut.add(view.cut_bytes)
+                truncated = True
+        else:  # what view_body does without a coding, minus its BodyView
+            shown = body
+            tsize = self._tsize
+            if tsize and len(body) > tsize:
+                self.cut.add(len(body) - tsize)
+                shown = body[:tsize]
+                truncated = True
+        text: str | None
+        try:
+            text, raw = shown.decode("utf-8"), None
+        except UnicodeDecodeError:
+            text, raw = None, shown
+        return HttpBody(headers, text, raw, len(body), truncated, self._head(message.trailers)[0])
+
+    def _response_body(self, response: HttpResponse) -> HttpResponseBody:
+        body = self._body(response)
+        return HttpResponseBody(
+            body.headers, body.body, body.body_b64, body.body_len, body.body_truncated,
+            body.trailers, response.status,
         )
 
     def _grpc(self, messages: tuple[GrpcMessage, ...]) -> list[GrpcMessageEvent]:
@@ -245,40 +288,50 @@ class JsonLinesWriter:
             for message in messages
         ]
 
+    def _connection_text(self, connection: ConnectionInfo) -> tuple[str | None, str | None]:
+        """(client, server) as text, made once per connection."""
+        texts = self._connection_texts.get(connection)
+        if texts is None:
+            if len(self._connection_texts) >= MAX_CACHED_CONNECTIONS:
+                self._connection_texts.clear()
+            client, server = connection.client, connection.server
+            texts = self._connection_texts[connection] = (
+                None if client is None else self._endpoint_text(client),
+                None if server is None else self._endpoint_text(server),
+            )
+        return texts
+
     def _http_event(self, exchange: HttpExchange) -> HttpEvent:
         connection = exchange.connection
         request = exchange.request
         response = exchange.response
-        request_body = None if request is None else self._body(request)
-        response_body = None
-        if response is not None:
-            body = self._body(response)
-            response_body = HttpResponseBody(
-                body.headers, body.body, body.body_b64, body.body_len, body.body_truncated,
-                body.trailers, response.status,
-            )
+        src, dst = self._connection_text(connection)
         grpc = None
         if exchange.grpc_request or exchange.grpc_response:
             grpc = GrpcMessages(
                 self._grpc(exchange.grpc_request), self._grpc(exchange.grpc_response)
             )
-        version = request.version if request is not None else (
-            response.version if response is not None else None
-        )
+        if request is None:
+            return HttpEvent(
+                "http", self.module, exchange.started_ns, connection.pid, None,
+                connection.comm, connection.uid, connection.fd, connection.conn_id, src, dst,
+                None if response is None else response.version, exchange.stream_id,
+                None, None, None, None,
+                None if response is None else response.status,
+                None if response is None else response.reason,
+                exchange.finished_ns - exchange.started_ns, exchange.complete, None,
+                None if response is None else self._response_body(response), grpc,
+            )
         return HttpEvent(
             "http", self.module, exchange.started_ns, connection.pid, None, connection.comm,
-            connection.uid, connection.fd, connection.conn_id,
-            None if connection.client is None else str(connection.client),
-            None if connection.server is None else str(connection.server),
-            version, exchange.stream_id,
-            None if request is None else request.method,
-            None if request is None else exchange_url(request),
-            None if request is None else request.authority,
-            None if request is None else request.target,
+            connection.uid, connection.fd, connection.conn_id, src, dst,
+            request.version, exchange.stream_id, request.method, exchange_url(request),
+            request.authority, request.target,
             None if response is None else response.status,
             None if response is None else response.reason,
             exchange.finished_ns - exchange.started_ns, exchange.complete,
-            request_body, response_body, grpc,
+            self._body(request),
+            None if response is None else self._response_body(response), grpc,
         )
 
     def _encode_pending(self) -> None:
