@@ -410,7 +410,9 @@ class Http1Parser:
                     return self._desync(side, buffer, pos, event, out)
                 pos = end + 4
             elif mode is _MODE_LENGTH:
-                take = min(side.remaining, size - pos)
+                take = size - pos  # min() is a call; this runs once per message
+                if side.remaining < take:
+                    take = side.remaining
                 self._body(side, buffer, pos, take)
                 pos += take
                 side.remaining -= take
