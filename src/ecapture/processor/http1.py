@@ -410,9 +410,7 @@ class Http1Parser:
                     return self._desync(side, buffer, pos, event, out)
                 pos = end + 4
             elif mode is _MODE_LENGTH:
-                take = size - pos  # min() is a call; this runs once per message
-                if side.remaining < take:
-                    take = side.remaining
+                take = min(side.remaining, size - pos)
                 self._body(side, buffer, pos, take)
                 pos += take
                 side.remaining -= take
