@@ -8,11 +8,12 @@ write are included), against two baselines timed in the same run:
 
 HTTP exchanges (`--http`): write() + flush() per batch for the JSON and the
 text writer on the common case (small text body, no content coding, a few
-headers), in three shapes of header tuples: shared by every exchange (the
-parser memoises repeated heads), equal but freshly built, and with a Date
-value that differs per exchange. `--baseline REV` loads src/ecapture/output
-as it was at git revision REV under another package name and times it
-interleaved with the current code, so the ratio is from one process.
+headers), in four shapes of header tuples: shared by every exchange (the
+parser memoises repeated heads), equal but freshly built, with one of 256
+Date values, and with an X-Request-Id that no other exchange has.
+`--baseline REV` loads src/ecapture/output as it was at git revision REV
+under another package name and times it interleaved with the current code,
+so the ratio is from one process.
 Run: .venv/bin/python -m bench.micro_output [--http] [--baseline REV]
 """
 
@@ -130,18 +131,20 @@ def _fresh(head: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], 
     return tuple((bytes(bytearray(name)), bytes(bytearray(value))) for name, value in head)
 
 
-def make_exchanges(shape: str) -> list[HttpExchange]:
+def make_exchanges(shape: str, count: int = BATCH) -> list[HttpExchange]:
     connection = ConnectionInfo(pid=1234, comm="wrk", uid=0, fd=5, conn_id=0x1000,
                                 client=Endpoint("127.0.0.1", 40000),
                                 server=Endpoint("127.0.0.1", 8443))
     exchanges = []
-    for index in range(BATCH):
+    for index in range(count):
         request_head, response_head = REQUEST_HEAD, RESPONSE_HEAD
         if shape != "shared":
             request_head, response_head = _fresh(REQUEST_HEAD), _fresh(RESPONSE_HEAD)
         if shape == "varied":
             date = f"Wed, 25 Nov 2026 08:{index // 60 % 60:02d}:{index % 60:02d} GMT".encode()
             response_head = (response_head[0], (b"Date", date), *response_head[2:])
+        if shape == "unique":
+            response_head = (*response_head, (b"X-Request-Id", f"{index:032x}".encode()))
         started = 1_700_000_000_000_000_000 + index * 1000
         exchanges.append(HttpExchange(
             connection=connection,
@@ -174,8 +177,9 @@ def measure_http(writer_classes: dict[str, tuple[type, type]], count: int) -> No
     total = batches * BATCH
     devnull = os.open(os.devnull, os.O_WRONLY)
     sink = FdSink(devnull, os.devnull, owns_fd=True)
-    for shape in ("shared", "fresh", "varied"):
-        exchanges = make_exchanges(shape)
+    for shape in ("shared", "fresh", "varied", "unique"):
+        exchanges = make_exchanges(shape, total if shape == "unique" else BATCH)
+        passes = 1 if shape == "unique" else batches
         results: dict[str, dict[str, float]] = {}
         for _ in range(2):  # interleaved twice; the best of each is kept
             for label, (json_class, text_class) in writer_classes.items():
@@ -183,12 +187,13 @@ def measure_http(writer_classes: dict[str, tuple[type, type]], count: int) -> No
                            "text": text_class("tls", sink, timezone=UTC)}
                 for kind, writer in writers.items():
 
-                    def run(writer: object = writer, exchanges: list[HttpExchange] = exchanges
-                            ) -> None:
-                        for _ in range(batches):
-                            for exchange in exchanges:
-                                writer.write(exchange)  # type: ignore[attr-defined]
-                            writer.flush()  # type: ignore[attr-defined]
+                    def run(writer: object = writer, exchanges: list[HttpExchange] = exchanges,
+                            passes: int = passes) -> None:
+                        for _ in range(passes):
+                            for start in range(0, len(exchanges), BATCH):
+                                for exchange in exchanges[start:start + BATCH]:
+                                    writer.write(exchange)  # type: ignore[attr-defined]
+                                writer.flush()  # type: ignore[attr-defined]
 
                     value = best_per_event(run, total)
                     best = results.setdefault(label, {})

@@ -152,6 +152,8 @@ class HttpEvent(msgspec.Struct):
 
 
 JsonEvent = DataEvent | CloseEvent | LostEvent | HttpEvent
+_BodyFields = tuple[msgspec.Raw, str | None, bytes | None, int, bool, msgspec.Raw]
+_NO_PAIRS = msgspec.Raw(b"[]")  # what an empty header list encodes to
 
 
 class JsonLinesWriter:
@@ -176,6 +178,8 @@ class JsonLinesWriter:
         event: JsonEvent
         if type(item) is TlsData:
             event = self._data_event(item)
+        elif type(item) is HttpExchange:
+            event = self._http_event(item)
         elif isinstance(item, Unparsed):
             return
         elif isinstance(item, HttpExchange):
@@ -247,7 +251,8 @@ class JsonLinesWriter:
                 self._heads[headers] = entry
         return entry
 
-    def _body(self, message: HttpRequest | HttpResponse) -> HttpBody:
+    def _body_fields(self, message: HttpRequest | HttpResponse) -> _BodyFields:
+        """HttpBody's fields, in order."""
         headers, encoding = self._head(message.headers)
         body = message.body
         truncated = message.body_truncated
@@ -265,19 +270,12 @@ class JsonLinesWriter:
                 self.cut.add(len(body) - tsize)
                 shown = body[:tsize]
                 truncated = True
-        text: str | None
+        trailers = message.trailers
+        trailer_pairs = self._head(trailers)[0] if trailers else _NO_PAIRS
         try:
-            text, raw = shown.decode("utf-8"), None
+            return headers, shown.decode("utf-8"), None, len(body), truncated, trailer_pairs
         except UnicodeDecodeError:
-            text, raw = None, shown
-        return HttpBody(headers, text, raw, len(body), truncated, self._head(message.trailers)[0])
-
-    def _response_body(self, response: HttpResponse) -> HttpResponseBody:
-        body = self._body(response)
-        return HttpResponseBody(
-            body.headers, body.body, body.body_b64, body.body_len, body.body_truncated,
-            body.trailers, response.status,
-        )
+            return headers, None, shown, len(body), truncated, trailer_pairs
 
     def _grpc(self, messages: tuple[GrpcMessage, ...]) -> list[GrpcMessageEvent]:
         return [
@@ -320,7 +318,9 @@ class JsonLinesWriter:
                 None if response is None else response.status,
                 None if response is None else response.reason,
                 exchange.finished_ns - exchange.started_ns, exchange.complete, None,
-                None if response is None else self._response_body(response), grpc,
+                None if response is None else HttpResponseBody(
+                    *self._body_fields(response), response.status),
+                grpc,
             )
         return HttpEvent(
             "http", self.module, exchange.started_ns, connection.pid, None, connection.comm,
@@ -330,8 +330,10 @@ class JsonLinesWriter:
             None if response is None else response.status,
             None if response is None else response.reason,
             exchange.finished_ns - exchange.started_ns, exchange.complete,
-            self._body(request),
-            None if response is None else self._response_body(response), grpc,
+            HttpBody(*self._body_fields(request)),
+            None if response is None else HttpResponseBody(
+                *self._body_fields(response), response.status),
+            grpc,
         )
 
     def _encode_pending(self) -> None:
