@@ -11,11 +11,12 @@ Colour is plain ANSI, decided by the caller; rich costs ~140 µs a line
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, tzinfo
 
 from ecapture.events import ConnClose, Endpoint, Lost, TlsData
 from ecapture.output.base import CutCount, OutputItem, Sink
-from ecapture.output.content import BodyView, exchange_url, view_body
+from ecapture.output.content import exchange_url, header_value, view_body
 from ecapture.processor.model import (
     GrpcMessage,
     Headers,
@@ -26,6 +27,10 @@ from ecapture.processor.model import (
 )
 
 HEX_BYTES_PER_LINE = 16
+# Rendered header blocks kept per marker (heads repeat across a connection's
+# exchanges); more distinct heads empty the cache, bigger heads are not kept.
+MAX_CACHED_HEADS = 512
+MAX_CACHED_HEAD_BYTES = 4096
 
 
 def _escape_table() -> dict[int, str]:
@@ -39,10 +44,16 @@ def _escape_table() -> dict[int, str]:
 
 
 _ESCAPES = _escape_table()
+# Any character escape_str changes; CR is one of them, so text without a
+# match has no CRLF either and comes back as it is (one regex scan costs a
+# fraction of a translate through a dict).
+_NEEDS_ESCAPE = re.compile("[" + "".join(re.escape(chr(code)) for code in sorted(_ESCAPES)) + "]")
 
 
 def escape_str(text: str) -> str:
     """Text with every unprintable character as \\xNN; CRLF as a line break."""
+    if _NEEDS_ESCAPE.search(text) is None:
+        return text
     return text.replace("\r\n", "\n").translate(_ESCAPES)
 
 
@@ -103,6 +114,10 @@ class TextWriter:
         self._timezone = timezone  # None = local time
         self._pending: list[str] = []
         self._closed = False
+        self._clock_second = -1  # the second whose "%H:%M:%S" text is kept
+        self._clock_text = ""
+        # marker -> head -> (its rendered lines, its Content-Encoding or None)
+        self._header_blocks: dict[str, dict[Headers, tuple[str, str | None]]] = {}
 
     # -- items -----------------------------------------------------------
 
@@ -136,19 +151,23 @@ class TextWriter:
 
     def _time(self, timestamp_ns: int) -> str:
         seconds, nanoseconds = divmod(timestamp_ns, 1_000_000_000)
-        moment = datetime.fromtimestamp(seconds, self._timezone)
-        return f"{moment:%H:%M:%S}.{nanoseconds // 1000:06d}"
+        if seconds != self._clock_second:  # datetime costs ~1 µs; items come in bursts
+            moment = datetime.fromtimestamp(seconds, self._timezone)
+            self._clock_text = f"{moment:%H:%M:%S}"
+            self._clock_second = seconds
+        return f"{self._clock_text}.{nanoseconds // 1000:06d}"
 
     def _cut_note(self, cut_bytes: int) -> str:
         self.cut.add(cut_bytes)
         return f"... {cut_bytes} more bytes not shown (-t {self._tsize})\n"
 
-    def _payload(self, data: bytes, force_hex: bool = False) -> str:
+    def _payload(self, data: bytes, force_hex: bool = False, text: str | None = None) -> str:
+        """`text`, when given, is `data` already decoded as UTF-8."""
         if not data:
             return ""
         if self._hex or force_hex:
             return hex_dump(data) + "\n"
-        text = escape_text(data)
+        text = escape_text(data) if text is None else escape_str(text)
         return text if text.endswith("\n") else text + "\n"
 
     def _unparsed(self, item: Unparsed) -> str:
@@ -177,27 +196,48 @@ class TextWriter:
         parts.append("\n")
         return "".join(parts)
 
-    def _headers(self, marker: str, headers: Headers) -> str:
-        return "".join(
-            f"{marker} {escape_text(name)}: {escape_text(value)}\n" for name, value in headers
-        )
+    def _headers(self, marker: str, headers: Headers) -> tuple[str, str | None]:
+        """The head's lines after `marker`, and its Content-Encoding; cached."""
+        blocks = self._header_blocks.get(marker)
+        if blocks is None:
+            blocks = self._header_blocks[marker] = {}
+        entry = blocks.get(headers)
+        if entry is None:
+            entry = (
+                "".join(f"{marker} {escape_text(name)}: {escape_text(value)}\n"
+                        for name, value in headers),
+                header_value(headers, b"content-encoding"),
+            )
+            if sum(len(name) + len(value) for name, value in headers) <= MAX_CACHED_HEAD_BYTES:
+                if len(blocks) >= MAX_CACHED_HEADS:
+                    blocks.clear()
+                blocks[headers] = entry
+        return entry
 
-    def _body(self, message: HttpRequest | HttpResponse) -> str:
-        if not message.body:
+    def _body(self, message: HttpRequest | HttpResponse, encoding: str | None) -> str:
+        """`encoding` is the message's Content-Encoding (None when absent)."""
+        body = message.body
+        if not body:
             return ""
-        view: BodyView = view_body(message, self._tsize)
         parts = []
-        if view.decoded:
-            parts.append(f"{self._colors.dim}(decoded: {view.full_len} bytes from "
-                         f"{len(message.body)} on the wire){self._colors.reset}\n")
+        cut_bytes = 0
+        if encoding is None:  # what view_body does without a coding
+            shown = body
+            if self._tsize and len(body) > self._tsize:
+                shown = body[:self._tsize]
+                cut_bytes = len(body) - self._tsize
+        else:
+            view = view_body(message, self._tsize)
+            shown, cut_bytes = view.shown, view.cut_bytes
+            if view.decoded:
+                parts.append(f"{self._colors.dim}(decoded: {view.full_len} bytes from "
+                             f"{len(body)} on the wire){self._colors.reset}\n")
         try:
-            view.shown.decode("utf-8")
-            binary = False
+            parts.append(self._payload(shown, text=shown.decode("utf-8")))
         except UnicodeDecodeError:
-            binary = True
-        parts.append(self._payload(view.shown, force_hex=binary))
-        if view.cut_bytes:
-            parts.append(self._cut_note(view.cut_bytes))
+            parts.append(self._payload(shown, force_hex=True))
+        if cut_bytes:
+            parts.append(self._cut_note(cut_bytes))
         if message.body_truncated:
             parts.append(f"{self._colors.warn}(body cut short: longer than the parser "
                          f"keeps){self._colors.reset}\n")
@@ -244,10 +284,12 @@ class TextWriter:
             parts.append(f"{colors.request}> {escape_str(request.method)} "
                          f"{escape_str(exchange_url(request))} "
                          f"{request.version}{colors.reset}\n")
-            parts.append(self._headers(">", request.headers))
+            head, encoding = self._headers(">", request.headers)
+            parts.append(head)
             parts.append(">\n")
-            parts.append(self._body(request))
-            parts.append(self._headers("> (trailer)", request.trailers))
+            parts.append(self._body(request, encoding))
+            if request.trailers:
+                parts.append(self._headers("> (trailer)", request.trailers)[0])
         parts.append(self._grpc("request", exchange.grpc_request))
         if response is None:
             parts.append(f"{colors.dim}< (no response){colors.reset}\n")
@@ -255,10 +297,12 @@ class TextWriter:
             status_color = colors.bad if response.status >= 400 else colors.good
             parts.append(f"{status_color}< {response.version} {response.status} "
                          f"{escape_str(response.reason)}{colors.reset}\n")
-            parts.append(self._headers("<", response.headers))
+            head, encoding = self._headers("<", response.headers)
+            parts.append(head)
             parts.append("<\n")
-            parts.append(self._body(response))
-            parts.append(self._headers("< (trailer)", response.trailers))
+            parts.append(self._body(response, encoding))
+            if response.trailers:
+                parts.append(self._headers("< (trailer)", response.trailers)[0])
         parts.append(self._grpc("response", exchange.grpc_response))
         parts.append("\n")
         return "".join(parts)

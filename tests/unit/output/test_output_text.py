@@ -140,3 +140,15 @@ def test_color_only_when_enabled() -> None:
     assert "\x1b[" not in plain
     assert "\x1b[32m< HTTP/1.1 200 OK\x1b[0m" in colored
     assert "\x1b[33m!! " in colored
+
+
+def test_escape_str_shortcut_agrees_with_the_full_translation() -> None:
+    # escape_str returns text untouched when no character needs escaping:
+    # every escaped character, alone and inside text, must still be caught.
+    from ecapture.output.text import _ESCAPES, escape_str
+
+    samples = ["", "plain ascii", "héllo wörld ü€", "tab\tand\nnewline", "a\r\nb", "\r"]
+    samples += [f"x{chr(code)}y" for code in _ESCAPES]
+    samples += [chr(code) for code in range(0x300)]
+    for text in samples:
+        assert escape_str(text) == text.replace("\r\n", "\n").translate(_ESCAPES), repr(text)
