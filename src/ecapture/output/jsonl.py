@@ -44,10 +44,10 @@ MAX_PENDING_PAYLOAD_BYTES = 1 << 20
 MAX_CACHED_ENDPOINTS = 4096
 # Heads (header tuples) and connections whose output text is kept; more
 # distinct ones empty the cache (a head that never repeats costs one extra
-# encode, ~0.3 µs). Only heads up to MAX_CACHED_HEAD_BYTES are kept, so the
-# cache stays under ~2 MiB.
-MAX_CACHED_HEADS = 512
-MAX_CACHED_HEAD_BYTES = 4096
+# encode, ~0.3 µs). Only heads of up to MAX_CACHED_HEAD_BYTES are kept: with
+# their JSON, ~1 MiB for ASCII heads, ~4 MiB if every byte needs a \u escape.
+MAX_CACHED_HEADS = 256
+MAX_CACHED_HEAD_BYTES = 2048
 MAX_CACHED_CONNECTIONS = 4096
 _SEND = Direction.SEND
 

@@ -28,9 +28,10 @@ from ecapture.processor.model import (
 
 HEX_BYTES_PER_LINE = 16
 # Rendered header blocks kept per marker (heads repeat across a connection's
-# exchanges); more distinct heads empty the cache, bigger heads are not kept.
-MAX_CACHED_HEADS = 512
-MAX_CACHED_HEAD_BYTES = 4096
+# exchanges); more distinct heads empty the cache, bigger heads are not kept:
+# ~1 MiB per marker for ASCII heads, ~5 MiB if every byte is shown as \xNN.
+MAX_CACHED_HEADS = 256
+MAX_CACHED_HEAD_BYTES = 2048
 
 
 def _escape_table() -> dict[int, str]:

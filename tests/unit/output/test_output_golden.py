@@ -179,3 +179,51 @@ def test_every_case_is_pinned() -> None:
     assert len(_golden_json()) == len(CASES)
     assert list(_golden_text("http_exchanges.txt")) == [name for name, _, _ in CASES]
     assert list(_golden_text("http_exchanges.color.txt")) == COLORED
+
+
+def test_one_writer_for_every_case_gives_the_same_bytes() -> None:
+    # The writers cache what repeats between exchanges (heads, endpoints,
+    # the clock's second): one writer for all cases must write each case
+    # exactly as a fresh writer does, and reuse of a cached head must not
+    # carry one message's body handling over to another's.
+    for tsize in sorted({tsize for _, _, tsize in CASES}):
+        cases = [(name, exchange) for name, exchange, size in CASES if size == tsize]
+        json_sink, text_sink = MemorySink(), MemorySink()
+        json_writer = JsonLinesWriter("tls", json_sink, tsize=tsize)
+        text_writer = TextWriter("tls", text_sink, tsize=tsize, timezone=UTC)
+        for _, exchange in cases * 2:
+            json_writer.write(exchange)
+            text_writer.write(exchange)
+        json_writer.close()
+        text_writer.close()
+        golden_text = _golden_text("http_exchanges.txt")
+        expected_json = [_golden_json()[[n for n, _, _ in CASES].index(name)]
+                         for name, _ in cases] * 2
+        assert json_sink.data.splitlines(keepends=True) == expected_json
+        assert bytes(text_sink.data) == b"".join(golden_text[name] for name, _ in cases) * 2
+
+
+@pytest.mark.parametrize("writer_class", [JsonLinesWriter, TextWriter])
+def test_heads_too_many_or_too_big_to_cache_are_still_written_exactly(
+        writer_class: type[JsonLinesWriter] | type[TextWriter]) -> None:
+    from ecapture.output import jsonl, text
+
+    limit = max(jsonl.MAX_CACHED_HEADS, text.MAX_CACHED_HEADS)
+    big = b"b" * max(jsonl.MAX_CACHED_HEAD_BYTES, text.MAX_CACHED_HEAD_BYTES)
+    exchanges = [
+        factories.exchange(response=factories.response(
+            headers=((b"X-Id", str(index).encode()), (b"X-Big", big if index % 7 == 0 else b"")),
+            body=f"body {index}".encode()))
+        for index in range(limit * 2 + 3)
+    ]
+    cached_sink, fresh_sink = MemorySink(), MemorySink()
+    cached = writer_class("tls", cached_sink)
+    for exchange in exchanges:
+        cached.write(exchange)
+        fresh = writer_class("tls", fresh_sink)
+        fresh.write(exchange)
+        fresh.close()
+    cached.close()
+    assert cached_sink.data == fresh_sink.data
+    assert f'"X-Id","{limit * 2 + 2}"'.encode() in cached_sink.data or (
+        f"< X-Id: {limit * 2 + 2}\n".encode() in cached_sink.data)

@@ -152,3 +152,11 @@ def test_escape_str_shortcut_agrees_with_the_full_translation() -> None:
     samples += [chr(code) for code in range(0x300)]
     for text in samples:
         assert escape_str(text) == text.replace("\r\n", "\n").translate(_ESCAPES), repr(text)
+
+
+def test_clock_follows_each_item_across_seconds() -> None:
+    text, _ = render(factories.lost(), factories.lost(timestamp_ns=factories.TS + 1_000_000_000),
+                     factories.lost(timestamp_ns=factories.TS + 999_000), factories.lost(
+                         timestamp_ns=factories.TS + 3_600_000_000_000))
+    assert [line[3:18] for line in text.split("\n\n") if line] == [
+        "22:13:20.123456", "22:13:21.123456", "22:13:20.124455", "23:13:20.123456"]
