@@ -51,7 +51,7 @@ struct {
 	__uint(max_entries, 64 << 20);	/* the loader sets --mapsize */
 } events SEC(".maps");
 
-/* An SSL read/write call in flight, per thread (key: pid_tgid). */
+/* An SSL read/write call in flight, per thread. */
 struct call_state {
 	__u64 ssl;
 	__u64 buf;
@@ -59,13 +59,17 @@ struct call_state {
 	__s32 fd;		/* named by the first nested syscall, -1 until then */
 	__u8 direction;
 	__u8 ex;
-	__u16 _pad;
+	__u8 active;		/* between an entry probe and its return */
+	__u8 _pad;
 };
 
+/* Task storage, not a hash keyed by tid: a direct per-thread slot, freed
+ * with the thread, and no hash update/delete on every call (measured: the
+ * entry/return bookkeeping was ~1/3 of our probes' own cost). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct call_state);
 } calls SEC(".maps");
 
@@ -146,18 +150,22 @@ static __always_inline __u64 ring_flags(void)
 static __always_inline int enter(struct pt_regs *ctx, __u8 direction, __u8 ex)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct call_state state = {};
+	struct call_state *state;
 
-	/* Filtered here so that filtered-out calls cost no map update. */
+	/* Filtered here so that filtered-out calls cost no storage. */
 	if (!wanted(pid_tgid))
 		return 0;
-	state.ssl = PT_REGS_PARM1(ctx);
-	state.buf = PT_REGS_PARM2(ctx);
-	state.out_ptr = ex ? PT_REGS_PARM4(ctx) : 0;
-	state.fd = -1;
-	state.direction = direction;
-	state.ex = ex;
-	bpf_map_update_elem(&calls, &pid_tgid, &state, BPF_ANY);
+	state = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0,
+				     BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!state)
+		return 0;	/* no memory for this thread's slot: nothing to report */
+	state->ssl = PT_REGS_PARM1(ctx);
+	state->buf = PT_REGS_PARM2(ctx);
+	state->out_ptr = ex ? PT_REGS_PARM4(ctx) : 0;
+	state->fd = -1;
+	state->direction = direction;
+	state->ex = ex;
+	state->active = 1;
 	return 0;
 }
 
@@ -336,11 +344,11 @@ int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	/* Every process pays this check; only traced SSL calls go further. */
 	if (!is_io_syscall(id))
 		return 0;
-	pid_tgid = bpf_get_current_pid_tgid();
-	state = bpf_map_lookup_elem(&calls, &pid_tgid);
+	state = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0, 0);
 	/* This thread is not inside an SSL call we trace, or the fd is known. */
-	if (!state || state->fd >= 0)
+	if (!state || !state->active || state->fd >= 0)
 		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
 	state->fd = (int)PT_REGS_PARM1_CORE_SYSCALL(regs);
 	remember_fd(pid_tgid >> 32, state->ssl, state->fd);
 	return 0;
@@ -407,7 +415,7 @@ SEC("uretprobe")
 int BPF_KRETPROBE(call_return, int ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct call_state *found = bpf_map_lookup_elem(&calls, &pid_tgid);
+	struct call_state *found = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0, 0);
 	struct emit_context emit = {};
 	struct conn_state fresh = {};
 	struct tls_data_event *event;
@@ -416,10 +424,10 @@ int BPF_KRETPROBE(call_return, int ret)
 	__u32 zero = 0;
 	__u64 len;
 
-	if (!found)
+	if (!found || !found->active)
 		return 0;
 	call = *found;
-	bpf_map_delete_elem(&calls, &pid_tgid);
+	found->active = 0;
 	/* A handshake moves no application data; it was there for the fd. */
 	if (call.direction == CALL_HANDSHAKE)
 		return 0;
@@ -470,6 +478,10 @@ int BPF_KRETPROBE(call_return, int ret)
 		stat_add(STAT_TRUNCATED_CALLS, 1);
 		stat_add(STAT_TRUNCATED_BYTES, len - call_limit);
 	}
-	bpf_loop((emit.copy_len + MAX_CHUNK_SIZE - 1) / MAX_CHUNK_SIZE, emit_chunk, &emit, 0);
+	if (emit.copy_len <= MAX_CHUNK_SIZE)
+		emit_chunk(0, &emit);	/* the common case: no bpf_loop call */
+	else
+		bpf_loop((emit.copy_len + MAX_CHUNK_SIZE - 1) / MAX_CHUNK_SIZE, emit_chunk,
+			 &emit, 0);
 	return 0;
 }
