@@ -63,9 +63,10 @@ struct call_state {
 	__u8 _pad;
 };
 
-/* Task storage, not a hash keyed by tid: a direct per-thread slot, freed
- * with the thread, and no hash update/delete on every call (measured: the
- * entry/return bookkeeping was ~1/3 of our probes' own cost). */
+/* Task storage, not a hash keyed by tid: a per-thread slot freed with the
+ * thread and never evicted while the thread lives (an LRU hash of 16384
+ * could drop calls of busy servers with more threads). Measured as fast as
+ * the LRU hash it replaced (bench producer, 64 B SSL_write/SSL_read pairs). */
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
