@@ -28,9 +28,9 @@ from ecapture.processor.model import (
 
 HEX_BYTES_PER_LINE = 16
 # Rendered header blocks kept per marker (heads repeat across a connection's
-# exchanges); more distinct heads empty the cache, bigger heads are not kept:
-# ~1 MiB per marker for ASCII heads, ~5 MiB if every byte is shown as \xNN.
-MAX_CACHED_HEADS = 256
+# exchanges); more distinct heads empty the cache, bigger blocks are not
+# kept: ~2 MiB per marker with the keys, at most.
+MAX_CACHED_HEADS = 512
 MAX_CACHED_HEAD_BYTES = 2048
 
 
@@ -209,7 +209,7 @@ class TextWriter:
                         for name, value in headers),
                 header_value(headers, b"content-encoding"),
             )
-            if sum(len(name) + len(value) for name, value in headers) <= MAX_CACHED_HEAD_BYTES:
+            if len(entry[0]) <= MAX_CACHED_HEAD_BYTES:  # never shorter than the head
                 if len(blocks) >= MAX_CACHED_HEADS:
                     blocks.clear()
                 blocks[headers] = entry
