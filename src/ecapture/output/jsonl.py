@@ -21,6 +21,7 @@ import msgspec
 from ecapture.events import ConnClose, Direction, Endpoint, Lost, TlsData
 from ecapture.output.base import CutCount, OutputItem, Sink
 from ecapture.output.content import (
+    DEFAULT_SCHEME,
     exchange_url,
     header_pairs,
     header_value,
@@ -254,7 +255,8 @@ class JsonLinesWriter:
 
     def _body_fields(self, message: HttpRequest | HttpResponse) -> _BodyFields:
         """HttpBody's fields, in order."""
-        headers, encoding = self._head(message.headers)
+        head = message.headers
+        headers, encoding = self._heads.get(head) or self._head(head)
         body = message.body
         truncated = message.body_truncated
         if encoding is not None and body:
@@ -304,7 +306,7 @@ class JsonLinesWriter:
         connection = exchange.connection
         request = exchange.request
         response = exchange.response
-        src, dst = self._connection_text(connection)
+        src, dst = self._connection_texts.get(connection) or self._connection_text(connection)
         grpc = None
         if exchange.grpc_request or exchange.grpc_response:
             grpc = GrpcMessages(
@@ -323,11 +325,15 @@ class JsonLinesWriter:
                     *self._body_fields(response), response.status),
                 grpc,
             )
+        target, authority = request.target, request.authority
+        if authority is not None and target[:1] == "/" and request.method != "CONNECT":
+            url = f"{request.scheme or DEFAULT_SCHEME}://{authority}{target}"  # origin-form
+        else:
+            url = exchange_url(request)
         return HttpEvent(
             "http", self.module, exchange.started_ns, connection.pid, None, connection.comm,
             connection.uid, connection.fd, connection.conn_id, src, dst,
-            request.version, exchange.stream_id, request.method, exchange_url(request),
-            request.authority, request.target,
+            request.version, exchange.stream_id, request.method, url, authority, target,
             None if response is None else response.status,
             None if response is None else response.reason,
             exchange.finished_ns - exchange.started_ns, exchange.complete,
