@@ -154,7 +154,7 @@ def _golden_text(name: str) -> dict[str, bytes]:
     return blocks
 
 
-@pytest.mark.parametrize(("index", "case"), enumerate(CASES), ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("index", "case"), list(enumerate(CASES)), ids=[c[0] for c in CASES])
 def test_json_bytes_are_unchanged(index: int, case: tuple[str, HttpExchange, int]) -> None:
     name, exchange, tsize = case
     line, cut = _json_line(exchange, tsize)
@@ -162,7 +162,7 @@ def test_json_bytes_are_unchanged(index: int, case: tuple[str, HttpExchange, int
     assert cut == EXPECTED_CUTS.get(name, (0, 0))
 
 
-@pytest.mark.parametrize(("index", "case"), enumerate(CASES), ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("index", "case"), list(enumerate(CASES)), ids=[c[0] for c in CASES])
 def test_text_bytes_are_unchanged(index: int, case: tuple[str, HttpExchange, int]) -> None:
     name, exchange, tsize = case
     assert _text_block(exchange, tsize, color=False) == _golden_text("http_exchanges.txt")[name]
