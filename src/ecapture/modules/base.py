@@ -179,7 +179,7 @@ class Module(abc.ABC):
         )
 
     def run(self) -> None:
-        """Read and dispatch until stop() is called; then drain the ring."""
+        """Read and dispatch until stop() is called (close() drains what is left)."""
         reader, pipeline = self._reader, self._pipeline
         if reader is None or pipeline is None:
             raise EcaptureError(f"module {self.name} runs before start()")
