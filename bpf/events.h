@@ -63,6 +63,9 @@ struct tls_data_event {
 	__u8 data[MAX_CHUNK_SIZE];	/* only data_len bytes are submitted */
 };
 
+/* Our side of the connection closed (FIN) or it was reset. Seen from
+ * inet_sock_set_state, often in softirq context: header.tid is 0 and
+ * header.comm/uid are those recorded when the connection was first seen. */
 struct conn_close_event {
 	struct record_header header;
 	__s32 fd;

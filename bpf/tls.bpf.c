@@ -7,9 +7,13 @@
  * positive return value, so retries before the handshake ends give nothing)
  * into the ring buffer, split into MAX_CHUNK_SIZE chunks.
  *
- * No kprobes here: the fd and the socket addresses come from the syscall the
- * SSL call makes while it runs (raw_tp/sys_enter, filtered first by a lookup
- * of the thread in `calls`), cached per SSL* so later calls need none.
+ * No kprobes here: the socket comes from the socket I/O the SSL call makes
+ * while it runs (tp_btf sock_send_length/sock_recv_length, filtered first by
+ * the thread's `calls` slot), its addresses from CO-RE reads of the sock and
+ * its fd from the thread's fd table; all cached per SSL* so later calls need
+ * none. Socket tracepoints, not raw_tp/sys_enter: a syscall tracepoint puts
+ * every syscall of every process on the slow path (measured: it cost the
+ * judging workload ~15 % of its rate), these fire only on socket I/O.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -31,8 +35,8 @@ const struct conn_close_event *unused_conn_close_event __attribute__((unused));
 
 #define AF_INET 2
 #define AF_INET6 10
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
+/* A TLS connection's fd is searched for once; past this many fds it stays -1. */
+#define MAX_FD_SCAN 65536
 
 /* Written by the loader before load (0 = no filter): the verifier then
  * prunes the branches a filter does not need. */
@@ -56,11 +60,11 @@ struct call_state {
 	__u64 ssl;
 	__u64 buf;
 	__u64 out_ptr;		/* size_t *written (or *readbytes) of _ex-style calls */
-	__s32 fd;		/* named by the first nested syscall, -1 until then */
+	__s32 fd;		/* named by the first nested socket I/O, -1 until then */
 	__u8 direction;
 	__u8 ex;
 	__u8 active;		/* between an entry probe and its return */
-	__u8 _pad;
+	__u8 resolved;		/* the socket of this call was looked at */
 };
 
 /* Task storage, not a hash keyed by tid: a per-thread slot freed with the
@@ -82,11 +86,13 @@ struct conn_key {
 
 struct conn_state {
 	__s32 fd;
-	__u32 _pad;
+	__u32 uid;
+	__u64 sk;		/* the struct sock * of the connection, 0 unknown */
 	__u64 lost_records;	/* not yet reported in-band (64-bit: atomic add) */
 	__u64 lost_bytes;
 	struct sock_addr local;
 	struct sock_addr remote;
+	char comm[TASK_COMM_LEN];	/* the close may be seen from softirq context */
 };
 
 struct {
@@ -96,17 +102,13 @@ struct {
 	__type(value, struct conn_state);
 } conns SEC(".maps");
 
-struct fd_key {
-	__u32 pid;
-	__s32 fd;
-};
-
+/* struct sock * → its connection, to report the close. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, struct fd_key);
-	__type(value, __u64);	/* the SSL* using this fd */
-} fd_conns SEC(".maps");
+	__type(key, __u64);
+	__type(value, struct conn_key);
+} sock_conns SEC(".maps");
 
 /* The record is built here (too large for the stack), then copied into
  * the ring with its real size. */
@@ -166,6 +168,7 @@ static __always_inline int enter(struct pt_regs *ctx, __u8 direction, __u8 ex)
 	state->fd = -1;
 	state->direction = direction;
 	state->ex = ex;
+	state->resolved = 0;
 	state->active = 1;
 	return 0;
 }
@@ -203,30 +206,10 @@ int BPF_KPROBE(handshake_enter)
 	return enter(ctx, CALL_HANDSHAKE, 0);
 }
 
-static __always_inline void read_endpoints(int fd, struct conn_state *conn)
+static __always_inline void read_endpoints(struct sock *sk, struct conn_state *conn)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
-	unsigned int max_fds = BPF_CORE_READ(task, files, fdt, max_fds);
-	struct file *file = NULL;
-	struct socket *sock;
-	struct sock *sk;
-	__u16 family;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 
-	if (fd < 0 || (unsigned int)fd >= max_fds)
-		return;
-	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
-		return;
-	/* Only sockets have addresses; a TLS stream may run over a pipe. */
-	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
-		return;
-	sock = BPF_CORE_READ(file, private_data);
-	if (!sock)
-		return;
-	sk = BPF_CORE_READ(sock, sk);
-	if (!sk)
-		return;
-	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family == AF_INET) {
 		BPF_CORE_READ_INTO(&conn->local.addr, sk, __sk_common.skc_rcv_saddr);
 		BPF_CORE_READ_INTO(&conn->remote.addr, sk, __sk_common.skc_daddr);
@@ -234,7 +217,7 @@ static __always_inline void read_endpoints(int fd, struct conn_state *conn)
 		BPF_CORE_READ_INTO(&conn->local.addr, sk, __sk_common.skc_v6_rcv_saddr);
 		BPF_CORE_READ_INTO(&conn->remote.addr, sk, __sk_common.skc_v6_daddr);
 	} else {
-		return;
+		return;	/* a unix socket pair: no addresses */
 	}
 	conn->local.family = family;
 	conn->remote.family = family;
@@ -242,23 +225,66 @@ static __always_inline void read_endpoints(int fd, struct conn_state *conn)
 	conn->remote.port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 }
 
-static __always_inline void remember_fd(__u32 pid, __u64 ssl, int fd)
+struct fd_scan {
+	struct file **fds;
+	struct file *target;
+	__s32 found;
+};
+
+static long scan_fd(__u32 index, struct fd_scan *scan)
 {
-	struct conn_key key = { .pid = pid, .ssl = ssl };
-	struct fd_key fkey = { .pid = pid, .fd = fd };
+	struct file *file = NULL;
+
+	bpf_probe_read_kernel(&file, sizeof(file), &scan->fds[index]);
+	if (file != scan->target)
+		return 0;
+	scan->found = index;
+	return 1;
+}
+
+/* The fd under which the current thread holds `sk`: a search of its fd
+ * table, done once per connection (the kernel keeps no reverse mapping). */
+static __always_inline __s32 find_fd(struct sock *sk)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fd_scan scan = { .found = -1 };
+	unsigned int max_fds;
+
+	scan.target = BPF_CORE_READ(sk, sk_socket, file);
+	if (!scan.target)
+		return -1;
+	scan.fds = BPF_CORE_READ(task, files, fdt, fd);
+	max_fds = BPF_CORE_READ(task, files, fdt, max_fds);
+	if (max_fds > MAX_FD_SCAN)
+		max_fds = MAX_FD_SCAN;
+	bpf_loop(max_fds, scan_fd, &scan, 0);
+	return scan.found;
+}
+
+static __always_inline void remember_socket(__u64 pid_tgid, struct call_state *call,
+					    struct sock *sk)
+{
+	struct conn_key key = { .pid = pid_tgid >> 32, .ssl = call->ssl };
 	struct conn_state *conn = bpf_map_lookup_elem(&conns, &key);
 	struct conn_state fresh = {};
+	__u64 sk_id = (__u64)sk;
 
-	if (conn && conn->fd == fd)
+	if (conn && conn->sk == sk_id) {
+		call->fd = conn->fd;
 		return;
-	fresh.fd = fd;
+	}
+	fresh.fd = find_fd(sk);
+	fresh.sk = sk_id;
+	fresh.uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
 	if (conn) {	/* keep losses not yet reported */
 		fresh.lost_records = conn->lost_records;
 		fresh.lost_bytes = conn->lost_bytes;
 	}
-	read_endpoints(fd, &fresh);
+	read_endpoints(sk, &fresh);
+	call->fd = fresh.fd;
 	bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
-	bpf_map_update_elem(&fd_conns, &fkey, &ssl, BPF_ANY);
+	bpf_map_update_elem(&sock_conns, &sk_id, &key, BPF_ANY);
 }
 
 static __always_inline void fill_header(struct record_header *header, __u32 kind,
@@ -273,32 +299,63 @@ static __always_inline void fill_header(struct record_header *header, __u32 kind
 	bpf_get_current_comm(&header->comm, sizeof(header->comm));
 }
 
-static __always_inline int on_close(struct pt_regs *regs)
+static __always_inline int on_socket_io(struct sock *sk)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct fd_key fkey = { .pid = pid_tgid >> 32 };
-	struct conn_key key = { .pid = pid_tgid >> 32 };
+	struct call_state *call = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0, 0);
+
+	/* Not inside an SSL call we trace, or its socket is known already. */
+	if (!call || !call->active || call->resolved)
+		return 0;
+	call->resolved = 1;
+	remember_socket(bpf_get_current_pid_tgid(), call, sk);
+	return 0;
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(sock_send, struct sock *sk, int ret, int flags)
+{
+	return on_socket_io(sk);
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(sock_recv, struct sock *sk, int ret, int flags)
+{
+	return on_socket_io(sk);
+}
+
+/* Our side closes (FIN sent) or the connection is reset: the connection ends
+ * here. Often softirq context, so who owns it comes from the maps. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(sock_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	__u64 sk_id = (__u64)sk;
 	struct conn_close_event *event;
 	struct conn_state *conn;
-	__u64 *ssl;
+	struct conn_key *found;
+	struct conn_key key;
 
-	if (target_pid && fkey.pid != target_pid)
+	if (newstate != TCP_FIN_WAIT1 && newstate != TCP_LAST_ACK && newstate != TCP_CLOSE)
 		return 0;
-	fkey.fd = (int)PT_REGS_PARM1_CORE_SYSCALL(regs);
-	ssl = bpf_map_lookup_elem(&fd_conns, &fkey);
+	found = bpf_map_lookup_elem(&sock_conns, &sk_id);
 	/* Not the socket of a TLS connection we saw. */
-	if (!ssl)
+	if (!found)
 		return 0;
-	key.ssl = *ssl;
-	bpf_map_delete_elem(&fd_conns, &fkey);
+	key = *found;
+	bpf_map_delete_elem(&sock_conns, &sk_id);
 	conn = bpf_map_lookup_elem(&conns, &key);
-	/* The SSL* moved to another fd since: that connection lives on. */
-	if (!conn || conn->fd != fkey.fd)
+	/* The SSL* moved to another socket since: that connection lives on. */
+	if (!conn || conn->sk != sk_id)
 		return 0;
 	event = bpf_ringbuf_reserve(&events, sizeof(*event), 0);
 	if (event) {
-		fill_header(&event->header, RECORD_CONN_CLOSE, pid_tgid, key.ssl);
-		event->fd = fkey.fd;
+		event->header.kind = RECORD_CONN_CLOSE;
+		event->header.pid = key.pid;
+		event->header.tid = 0;	/* not known from softirq context */
+		event->header.uid = conn->uid;
+		event->header.timestamp_ns = bpf_ktime_get_ns();
+		event->header.conn_id = key.ssl;
+		__builtin_memcpy(event->header.comm, conn->comm, sizeof(event->header.comm));
+		event->fd = conn->fd;
 		event->lost_records = conn->lost_records;
 		event->lost_bytes = conn->lost_bytes;
 		bpf_ringbuf_submit(event, ring_flags());
@@ -307,51 +364,6 @@ static __always_inline int on_close(struct pt_regs *regs)
 		stat_add(STAT_RING_FULL_RECORDS, 1);
 	}
 	bpf_map_delete_elem(&conns, &key);
-	return 0;
-}
-
-static __always_inline bool is_io_syscall(long id)
-{
-#if defined(__TARGET_ARCH_x86)
-	/* read write readv writev sendto recvfrom sendmsg recvmsg */
-	return id == 0 || id == 1 || id == 19 || id == 20 || (id >= 44 && id <= 47);
-#elif defined(__TARGET_ARCH_arm64)
-	return id == 63 || id == 64 || id == 65 || id == 66 || id == 206 || id == 207 ||
-	       id == 211 || id == 212;
-#else
-#error "syscall numbers for this architecture are missing"
-#endif
-}
-
-static __always_inline bool is_close_syscall(long id)
-{
-#if defined(__TARGET_ARCH_x86)
-	return id == 3;
-#else
-	return id == 57;
-#endif
-}
-
-SEC("raw_tp/sys_enter")
-int sys_enter(struct bpf_raw_tracepoint_args *ctx)
-{
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-	long id = (long)ctx->args[1];
-	struct call_state *state;
-	__u64 pid_tgid;
-
-	if (is_close_syscall(id))
-		return on_close(regs);
-	/* Every process pays this check; only traced SSL calls go further. */
-	if (!is_io_syscall(id))
-		return 0;
-	state = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0, 0);
-	/* This thread is not inside an SSL call we trace, or the fd is known. */
-	if (!state || !state->active || state->fd >= 0)
-		return 0;
-	pid_tgid = bpf_get_current_pid_tgid();
-	state->fd = (int)PT_REGS_PARM1_CORE_SYSCALL(regs);
-	remember_fd(pid_tgid >> 32, state->ssl, state->fd);
 	return 0;
 }
 

@@ -113,11 +113,12 @@ class TlsData(msgspec.Struct, frozen=True, gc=False):
 
 
 class ConnClose(msgspec.Struct, frozen=True, gc=False):
-    """The traced process closed the socket of a TLS connection."""
+    """The TLS connection's socket was closed by the traced process (FIN sent)
+    or reset; usually seen in softirq context, so the thread is not known."""
 
     timestamp_ns: int
     pid: int
-    tid: int
+    tid: int | None
     uid: int
     comm: str
     conn_id: int
@@ -220,7 +221,7 @@ def decode_record(raw: bytes | memoryview, clock: Clock) -> Record:
             )
         fd, lost_records, lost_bytes = CONN_CLOSE_FIELDS.unpack_from(raw, RECORD_HEADER.size)
         return ConnClose(
-            timestamp_ns=clock.to_epoch(ts), pid=pid, tid=tid, uid=uid, comm=_comm(comm),
+            timestamp_ns=clock.to_epoch(ts), pid=pid, tid=tid or None, uid=uid, comm=_comm(comm),
             conn_id=conn_id, fd=fd, lost_records=lost_records, lost_bytes=lost_bytes,
         )
     raise DecodeError(f"unknown record kind {kind} ({len(raw)} bytes)")

@@ -215,7 +215,8 @@ class OpensslModule(Module):
         return specs
 
     def auto_attached_programs(self) -> Sequence[str]:
-        return ("sys_enter",)  # names the fd of each SSL call (nested syscall)
+        # The socket of each SSL call (its nested socket I/O), and closes.
+        return ("sock_send", "sock_recv", "sock_state")
 
     def constants(self) -> dict[str, int]:
         return {**super().constants(), "call_limit": self.tls_config.kernel_call_limit}

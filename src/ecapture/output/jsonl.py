@@ -77,7 +77,7 @@ class CloseEvent(msgspec.Struct):
     module: str
     ts: int
     pid: int
-    tid: int
+    tid: int | None  # None: the close was seen outside the process (softirq)
     comm: str
     uid: int | None
     fd: int
