@@ -84,6 +84,13 @@ def test_close_record() -> None:
     event = decode_record(raw, CLOCK)
     assert isinstance(event, ConnClose)
     assert (event.fd, event.lost_records, event.lost_bytes) == (9, 2, 300)
+    assert event.tid == 43
+
+
+def test_close_seen_outside_the_process_has_no_thread() -> None:
+    raw = header(RecordKind.CONN_CLOSE, tid=0) + CONN_CLOSE_FIELDS.pack(9, 0, 0)
+    event = decode_record(raw, CLOCK)
+    assert isinstance(event, ConnClose) and event.tid is None and event.pid == 42
 
 
 def test_comm_with_invalid_utf8_is_replaced() -> None:
