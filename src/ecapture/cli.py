@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ examples:
 GLOBAL_DEFAULTS: dict[str, Any] = {
     "pid": 0, "uid": None, "hex": False, "tsize": 0, "mapsize": DEFAULT_MAPSIZE_KIB,
     "btf": 0, "btf_file": None, "debug": False, "logaddr": None, "eventaddr": None,
-    "format": "text", "har": None, "color": "auto",
+    "format": "text", "har": None, "color": "auto", "nice": 10,
 }
 
 
@@ -74,6 +75,9 @@ def _add_global_flags(parser: argparse.ArgumentParser) -> None:
         help="also write every HTTP exchange to a HAR 1.2 file (created 0600)")
     add("--color", default=suppress, choices=["auto", "always", "never"],
         help="colour text output (default auto: on a terminal, unless NO_COLOR is set)")
+    add("--nice", type=int, default=suppress, metavar="N",
+        help="scheduling niceness of ecapture itself, -20..19 (default 10: the traced "
+        "programs get the CPU first; the ring buffer holds the backlog; 0 = normal)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,12 +113,14 @@ def _common_config(args: argparse.Namespace) -> dict[str, Any]:
         "btf_file": values["btf_file"], "debug": values["debug"], "logaddr": values["logaddr"],
         "eventaddr": values["eventaddr"], "output_format": OutputFormat(values["format"]),
         "har_file": values["har"], "color": None if color == "auto" else color == "always",
+        "nice": values["nice"],
     }
 
 
 def run(module: Module) -> int:
     """The lifecycle: init → start → run until SIGINT/SIGTERM → close."""
     config = module.config
+    _set_niceness(config.nice)
     sink = open_sink(config.eventaddr)
     try:
         writers = make_writers(config, module.name, sink)
@@ -128,6 +134,13 @@ def run(module: Module) -> int:
     finally:
         sink.close()
     return 0
+
+
+def _set_niceness(nice: int) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as error:  # e.g. a negative value without CAP_SYS_NICE
+        log.warning("cannot set niceness %d: %s", nice, error.strerror)
 
 
 def _install_stop_handlers(module: Module) -> None:

@@ -48,6 +48,21 @@ def test_clean_stop_leaves_no_probe_behind(
     assert wait_until_gone(held) == (set(), set())
 
 
+def niceness(pid: int) -> int:
+    """proc(5) /proc/PID/stat field 19."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[16])
+
+
+@pytest.mark.parametrize(("args", "expected"), [((), 10), (("--nice", "3"), 3)])
+def test_the_tool_yields_the_cpu_to_traced_programs(
+    ecapture: Ecapture, tmp_path: Path, args: tuple[str, ...], expected: int
+) -> None:
+    with capture(ecapture, tmp_path, *args) as running:
+        assert niceness(running.pid) == expected
+    assert running.finished().exit_code == 0
+
+
 def expect_start_error(
     ecapture: Ecapture, *args: str, prefix: tuple[str, ...] = ()
 ) -> str:

@@ -35,7 +35,7 @@ def test_every_flag_reaches_the_config() -> None:
         "tls", "--hex", "-t", "64", "--mapsize", "8192", "-b", "1", "--btf-file", "/b",
         "-d", "-l", "/tmp/log", "--eventaddr", "/tmp/ev", "--har", "/tmp/h.har",
         "--color", "never", "--probe-placement", "exported", "--kernel-call-limit", "65536",
-        "-m", "text",
+        "-m", "text", "--nice", "0",
     )
     assert config.hex and config.tsize == 64 and config.mapsize_kib == 8192
     assert config.btf == 1 and config.btf_file == "/b" and config.debug
@@ -43,6 +43,8 @@ def test_every_flag_reaches_the_config() -> None:
     assert config.har_file == "/tmp/h.har" and config.color is False
     assert config.probe_placement is ProbePlacement.EXPORTED
     assert config.kernel_call_limit == 65536
+    assert config.nice == 0
+    assert parse("tls").nice == 10  # the default gives the CPU to the traced programs
 
 
 def test_help_of_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -76,6 +78,7 @@ def test_malformed_flags_exit_2(argv: list[str], message: str,
         (["tls", "-m", "keylog"], "ecapture: error: -m keylog is not available"),
         (["tls", "--mapsize", "3000"], "ecapture: error: --mapsize must be a power of two"),
         (["tls", "-p", "-4"], "ecapture: error: -p/--pid must be >= 0"),
+        (["tls", "--nice", "20"], "ecapture: error: --nice must be in -20..19"),
     ],
 )
 def test_invalid_values_give_one_line(argv: list[str], message: str,
