@@ -90,11 +90,7 @@ class Pipeline:
     def _data(self, event: TlsData) -> None:
         self.counters.data_bytes += len(event.data)
         if event.lost_records:
-            self._lost(Lost(
-                event.timestamp_ns, LossReason.RING_FULL, event.lost_records,
-                event.lost_bytes, pid=event.pid, comm=event.comm,
-                conn_id=event.conn_id, fd=event.fd,
-            ))
+            self._in_band_loss(event)
         for writer in self.writers:
             writer.write(event)
         if event.truncated and event.last_chunk:
@@ -109,15 +105,19 @@ class Pipeline:
     def _close(self, event: ConnClose) -> None:
         self.counters.connections_closed += 1
         if event.lost_records:
-            self._lost(Lost(
-                event.timestamp_ns, LossReason.RING_FULL, event.lost_records,
-                event.lost_bytes, pid=event.pid, comm=event.comm,
-                conn_id=event.conn_id, fd=event.fd,
-            ))
+            self._in_band_loss(event)
         for writer in self.writers:
             writer.write(event)
         if self.tracker is not None:
             self._items(self.tracker.close(event))
+
+    def _in_band_loss(self, event: TlsData | ConnClose) -> None:
+        """Records of this connection the kernel could not queue, reported
+        with its next record (or its close)."""
+        self._lost(Lost(
+            event.timestamp_ns, LossReason.RING_FULL, event.lost_records, event.lost_bytes,
+            pid=event.pid, comm=event.comm, conn_id=event.conn_id, fd=event.fd,
+        ))
 
     def _items(self, items: Sequence[ProcessorItem]) -> None:
         for item in items:

@@ -8,6 +8,7 @@ while the tool looks healthy (mitmproxy's save addon does the same).
 
 from __future__ import annotations
 
+import abc
 import os
 import socket
 from urllib.parse import urlsplit
@@ -95,13 +96,15 @@ class PendingBytes:
         return chunks
 
 
-class FdSink:
-    """Buffered writes to a file descriptor (stdout or a file we opened)."""
+class _BufferedSink(abc.ABC):
+    """What both sinks share: buffer until flush, one delivery per flush, and
+    a failed delivery stops the capture (dropping the batch and carrying on
+    would hide traffic)."""
 
-    def __init__(self, fd: int, name: str, *, owns_fd: bool) -> None:
-        self._fd = fd
+    _verb = "writing"  # for the error message
+
+    def __init__(self, name: str) -> None:
         self._name = name
-        self._owns_fd = owns_fd
         self._pending = PendingBytes()
         self._closed = False
 
@@ -117,11 +120,11 @@ class FdSink:
         if not chunks:
             return
         try:
-            write_chunks(self._fd, chunks)
+            self._deliver(chunks)
         except OSError as error:
-            # Dropping the batch and carrying on would hide traffic: stop.
+            reason = "timed out" if isinstance(error, TimeoutError) else error.strerror or error
             raise EcaptureError(
-                f"writing events to {self._name} failed: {error.strerror or error}; "
+                f"{self._verb} events to {self._name} failed: {reason}; "
                 "stopping so that no traffic passes unrecorded"
             ) from error
 
@@ -132,19 +135,44 @@ class FdSink:
             self.flush()
         finally:
             self._closed = True
-            if self._owns_fd:
-                os.close(self._fd)
+            self._release()
+
+    @abc.abstractmethod
+    def _deliver(self, chunks: list[bytes]) -> None:
+        """Hand every chunk to the OS, in order; raise OSError on failure."""
+
+    @abc.abstractmethod
+    def _release(self) -> None:
+        """Free what the sink holds (after the last delivery)."""
 
 
-class TcpSink:
+class FdSink(_BufferedSink):
+    """Buffered writes to a file descriptor (stdout or a file we opened)."""
+
+    def __init__(self, fd: int, name: str, *, owns_fd: bool) -> None:
+        super().__init__(name)
+        self._fd = fd
+        self._owns_fd = owns_fd
+
+    def _deliver(self, chunks: list[bytes]) -> None:
+        write_chunks(self._fd, chunks)
+
+    def _release(self) -> None:
+        if self._owns_fd:
+            os.close(self._fd)
+
+
+class TcpSink(_BufferedSink):
     """Events sent to a TCP peer (e.g. `nc -l`, a log collector).
 
     Connects once at open; no reconnect: a lost peer stops the capture
     with the reason rather than silently dropping what it would have got.
     """
 
+    _verb = "sending"
+
     def __init__(self, host: str, port: int) -> None:
-        self._name = f"tcp://{host}:{port}"
+        super().__init__(f"tcp://{host}:{port}")
         try:
             self._socket = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
         except OSError as error:
@@ -152,38 +180,13 @@ class TcpSink:
                 f"--eventaddr {self._name}: cannot connect: {error.strerror or error}"
             ) from error
         self._socket.settimeout(SEND_TIMEOUT_S)
-        self._pending = PendingBytes()
-        self._closed = False
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closed:
-            raise EcaptureError(f"write to {self._name} after it was closed")
-        self._pending.add(data)
-        if self._pending.size >= HIGH_WATER_BYTES:
-            self.flush()
+    def _deliver(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:  # usually one: a writer hands over one per batch
+            self._socket.sendall(chunk)
 
-    def flush(self) -> None:
-        chunks = self._pending.take()
-        if not chunks:
-            return
-        try:
-            for chunk in chunks:  # usually one: a writer hands over one per batch
-                self._socket.sendall(chunk)
-        except OSError as error:
-            reason = "timed out" if isinstance(error, TimeoutError) else error.strerror or error
-            raise EcaptureError(
-                f"sending events to {self._name} failed: {reason}; "
-                "stopping so that no traffic passes unrecorded"
-            ) from error
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        try:
-            self.flush()
-        finally:
-            self._closed = True
-            self._socket.close()
+    def _release(self) -> None:
+        self._socket.close()
 
 
 def _tcp_sink(address: str, flag: str) -> TcpSink:
