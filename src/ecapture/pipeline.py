@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from ecapture.errors import DecodeError
 from ecapture.events import Clock, ConnClose, LossReason, Lost, Record, TlsData, decode_record
 from ecapture.output.base import Writer
-from ecapture.processor.model import HttpExchange, ProcessorItem
+from ecapture.processor.model import HttpExchange, ProcessorItem, Unparsed
 from ecapture.processor.tracker import ConnectionTracker
 
 log = logging.getLogger(__name__)
+MAX_LOGGED_PARSER_ERRORS = 5
 
 Decoder = Callable[[bytes, Clock], Record]
 
@@ -40,6 +41,7 @@ class PipelineCounters:
     data_bytes: int = 0
     connections_closed: int = 0
     http_exchanges: int = 0
+    parser_errors: int = 0
     lost: dict[LossReason, LossTotals] = field(default_factory=dict)
 
     def add_loss(self, reason: LossReason, records: int, nbytes: int) -> None:
@@ -100,7 +102,20 @@ class Pipeline:
                 comm=event.comm, conn_id=event.conn_id, fd=event.fd,
             ))
         if self.tracker is not None:
-            self._items(self.tracker.feed(event))
+            try:
+                items = self.tracker.feed(event)
+            except Exception:  # a parser bug must not stop the capture (writers' errors do)
+                items = self._parser_failed(event)
+            self._items(items)
+
+    def _parser_failed(self, event: TlsData) -> list[ProcessorItem]:
+        """A bug in a parser: say it (with its traceback, a few times), keep the
+        bytes visible as unparsed; the raw event already went to the writers."""
+        self.counters.parser_errors += 1
+        if self.counters.parser_errors <= MAX_LOGGED_PARSER_ERRORS:
+            log.exception("the HTTP processor failed on a chunk of %s pid %d conn %#x; "
+                          "shown unparsed", event.comm, event.pid, event.conn_id)
+        return [Unparsed(event, "parser-error")]
 
     def _close(self, event: ConnClose) -> None:
         self.counters.connections_closed += 1
@@ -109,7 +124,14 @@ class Pipeline:
         for writer in self.writers:
             writer.write(event)
         if self.tracker is not None:
-            self._items(self.tracker.close(event))
+            try:
+                items = self.tracker.close(event)
+            except Exception:  # a parser bug must not stop the capture
+                items = []
+                self.counters.parser_errors += 1
+                log.exception("the HTTP processor failed closing pid %d conn %#x",
+                              event.pid, event.conn_id)
+            self._items(items)
 
     def _in_band_loss(self, event: TlsData | ConnClose) -> None:
         """Records of this connection the kernel could not queue, reported

@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import struct
 
+import pytest
+
 from ecapture.events import (
     CONN_CLOSE_FIELDS,
     RECORD_HEADER,
@@ -18,7 +20,7 @@ from ecapture.events import (
 )
 from ecapture.output.base import CutCount, OutputItem
 from ecapture.pipeline import Pipeline
-from ecapture.processor.model import HttpExchange
+from ecapture.processor.model import HttpExchange, ProcessorItem, Unparsed
 from ecapture.processor.tracker import ConnectionTracker
 
 ADDRESS = struct.pack("<HH16s", socket.AF_INET, 443, socket.inet_aton("127.0.0.1") + bytes(12))
@@ -127,3 +129,26 @@ def test_http_exchange_flows_through_the_tracker_and_is_counted() -> None:
     assert len(exchanges) == 1 and pipeline.counters.http_exchanges == 1
     assert exchanges[0].request is not None and exchanges[0].request.target == "/x"
     assert exchanges[0].response is not None and exchanges[0].response.body == b"ok"
+
+
+class BrokenTracker(ConnectionTracker):
+    def feed(self, event: TlsData) -> list[ProcessorItem]:
+        raise ZeroDivisionError("a parser bug")
+
+    def close(self, event: ConnClose) -> list[ProcessorItem]:
+        raise ZeroDivisionError("a parser bug")
+
+
+def test_a_parser_bug_does_not_stop_the_capture(caplog: pytest.LogCaptureFixture) -> None:
+    writer = RecordingWriter()
+    pipeline = Pipeline([writer], tracker=BrokenTracker(), clock=Clock(0))
+    pipeline.handle_batch([data(b"one"), data(b"two"), close()])
+    raw = [item for item in writer.items if isinstance(item, TlsData)]
+    shown = [item for item in writer.items if isinstance(item, Unparsed)]
+    assert [item.data for item in raw] == [b"one", b"two"]
+    assert [(item.event.data, item.reason) for item in shown] == [
+        (b"one", "parser-error"), (b"two", "parser-error"),
+    ]
+    assert any(isinstance(item, ConnClose) for item in writer.items)
+    assert pipeline.counters.parser_errors == 3
+    assert "ZeroDivisionError: a parser bug" in caplog.text

@@ -273,9 +273,11 @@ class Module(abc.ABC):
         kernel = self._kernel_stats
         log.info(
             "summary: %d records (%d payload bytes), %d http exchanges, %d connections closed; "
-            "kernel: %d submitted, %d lost; lost or cut: %s",
+            "kernel: %d submitted, %d lost; lost or cut: %s%s",
             counters.records, counters.data_bytes, counters.http_exchanges,
             counters.connections_closed, kernel.get(Stat.RECORDS, 0),
             kernel.get(Stat.RING_FULL_RECORDS, 0), losses,
+            f"; {counters.parser_errors} chunks the HTTP processor failed on (shown unparsed)"
+            if counters.parser_errors else "",
             extra={"capture_module": self.name},
         )
