@@ -285,12 +285,7 @@ class TextWriter:
             parts.append(f"{colors.request}> {escape_str(request.method)} "
                          f"{escape_str(exchange_url(request))} "
                          f"{request.version}{colors.reset}\n")
-            head, encoding = self._headers(">", request.headers)
-            parts.append(head)
-            parts.append(">\n")
-            parts.append(self._body(request, encoding))
-            if request.trailers:
-                parts.append(self._headers("> (trailer)", request.trailers)[0])
+            parts.append(self._message(">", request))
         parts.append(self._grpc("request", exchange.grpc_request))
         if response is None:
             parts.append(f"{colors.dim}< (no response){colors.reset}\n")
@@ -298,15 +293,17 @@ class TextWriter:
             status_color = colors.bad if response.status >= 400 else colors.good
             parts.append(f"{status_color}< {response.version} {response.status} "
                          f"{escape_str(response.reason)}{colors.reset}\n")
-            head, encoding = self._headers("<", response.headers)
-            parts.append(head)
-            parts.append("<\n")
-            parts.append(self._body(response, encoding))
-            if response.trailers:
-                parts.append(self._headers("< (trailer)", response.trailers)[0])
+            parts.append(self._message("<", response))
         parts.append(self._grpc("response", exchange.grpc_response))
         parts.append("\n")
         return "".join(parts)
+
+    def _message(self, marker: str, message: HttpRequest | HttpResponse) -> str:
+        """Headers, the blank line, the body and trailers of one side."""
+        head, encoding = self._headers(marker, message.headers)
+        trailers = (self._headers(f"{marker} (trailer)", message.trailers)[0]
+                    if message.trailers else "")
+        return f"{head}{marker}\n{self._body(message, encoding)}{trailers}"
 
     def _lost(self, item: Lost) -> str:
         colors = self._colors
