@@ -315,6 +315,28 @@ def python_https_server(directory: Path, certificate: Certificate) -> Iterator[S
         stop_process(process)
 
 
+@contextlib.contextmanager
+def node_https_server(directory: Path, certificate: Certificate, body: bytes) -> Iterator[Server]:
+    """Node's https module; started before the capture, so that ecapture has to
+    find the node binary (which may embed OpenSSL) among the mapped files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = directory / "node-https.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            ["node", str(PROGRAMS / "https_server.js"), str(port), str(certificate.cert),
+             str(certificate.key), body.decode()],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port, process, log)
+        yield Server(port, process.pid, process, comm_of("node"), directory, {"/": body}, log)
+    finally:
+        stop_process(process)
+
+
 @dataclass(slots=True)
 class StdioServer:
     """A server that relays stdin to its peer and prints the peer's bytes on stdout."""

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
+
+from ecapture.elf.symbols import Executable
 
 from .capture import (
     Ecapture,
@@ -36,6 +39,7 @@ from .targets import (
     Server,
     comm_of,
     curl_argv,
+    node_https_server,
     nonblocking_client_argv,
     openssl_s_server,
     python_https_server,
@@ -339,3 +343,32 @@ def test_write_retried_before_handshake_is_captured_once(
     stream = only_stream(events, marker, client.pid, "send")
     assert all(event["fd"] == int(report["fd"]) for event in stream.events)
     assert client.stdout.endswith(b"echo:/echo/" + marker + b"\n")
+
+
+def test_node_server_found_among_running_processes(
+    ecapture: Ecapture, certificate: Certificate, tmp_path: Path
+) -> None:
+    """The machine's node may carry its own OpenSSL (non-PIE, SSL_* exported):
+    without --libssl, discovery must find it through the running server."""
+    require_programs("node", "curl")
+    marker = hex_marker()
+    body = f"node-body-{hex_marker()}".encode()
+    with (
+        node_https_server(tmp_path / "node", certificate, body) as server,
+        capture(ecapture, tmp_path / "capture") as running,
+    ):
+        client = run_client(curl_argv(server.url(f"/{marker}"))).check()
+    result = running.finished()
+    assert_clean_stop(result, {client.pid, server.pid})
+    assert client.stdout == body
+    received = only_stream(result.events, f"GET /{marker} HTTP/1.1".encode(), server.pid, "recv")
+    sent = only_stream(result.events, body, server.pid, "send")
+    assert received.data.startswith(f"GET /{marker} HTTP/1.1\r\n".encode())
+    # node answers chunked: one chunk with the body, then the last chunk
+    assert sent.data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert sent.data.endswith(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    assert {event["comm"] for event in data_events(result.events)
+            if event["pid"] == server.pid} == {server.comm}
+    node = Path(shutil.which("node") or "node").resolve()
+    if Executable(node).has("SSL_write"):  # OpenSSL built in: hooked through discovery
+        assert f"{node}: openssl" in result.stderr, result.stderr
