@@ -143,9 +143,16 @@ static __always_inline bool wanted(__u64 pid_tgid)
 	return true;
 }
 
-static __always_inline __u64 ring_flags(void)
+/* Wake the reader only when this record makes the backlog cross
+ * wakeup_bytes: past it the reader is busy or about to poll (every 10 ms),
+ * and a forced wake-up per record would charge an irq_work to the traced
+ * program for nothing. Concurrent producers may skip or double a crossing:
+ * harmless, the reader polls anyway. */
+static __always_inline __u64 ring_flags(__u64 size)
 {
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+	__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+
+	if (pending < wakeup_bytes && pending + size >= wakeup_bytes)
 		return BPF_RB_FORCE_WAKEUP;
 	return BPF_RB_NO_WAKEUP;
 }
@@ -358,7 +365,7 @@ int BPF_PROG(sock_state, const struct sock *sk, const int oldstate, const int ne
 		event->fd = conn->fd;
 		event->lost_records = conn->lost_records;
 		event->lost_bytes = conn->lost_bytes;
-		bpf_ringbuf_submit(event, ring_flags());
+		bpf_ringbuf_submit(event, ring_flags(sizeof(*event)));
 		stat_add(STAT_RECORDS, 1);
 	} else {
 		stat_add(STAT_RING_FULL_RECORDS, 1);
@@ -407,7 +414,7 @@ static long emit_chunk(__u32 index, struct emit_context *emit)
 	event->lost_records = lost_records;
 	event->lost_bytes = lost_bytes;
 	if (bpf_ringbuf_output(&events, event, sizeof(*event) - MAX_CHUNK_SIZE + size,
-			       ring_flags())) {
+			       ring_flags(sizeof(*event) - MAX_CHUNK_SIZE + size))) {
 		stat_add(STAT_RING_FULL_RECORDS, 1);
 		stat_add(STAT_RING_FULL_BYTES, size);
 		if (conn) {
