@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -293,48 +293,49 @@ def nghttpd_server(directory: Path, certificate: Certificate) -> Iterator[Server
 
 
 @contextlib.contextmanager
-def python_https_server(directory: Path, certificate: Certificate) -> Iterator[Server]:
-    """http.server + ssl in a child interpreter (it calls SSL_read_ex/SSL_write_ex)."""
-    files = write_site(directory / "html")
+def _program_server(
+    directory: Path, name: str, argv: Callable[[int], list[str]], comm: str,
+    files: dict[str, bytes],
+) -> Iterator[Server]:
+    """Start `argv(port)` (output to NAME.log), wait until it listens, stop it after."""
+    directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log = directory / "python-https.log"
+    log = directory / f"{name}.log"
     with log.open("wb") as log_file:
         process = subprocess.Popen(
-            [
-                sys.executable, str(PROGRAMS / "https_server.py"), str(port),
-                str(certificate.cert), str(certificate.key), str(directory / "html"),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
+            argv(port), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
         )
     try:
         wait_for_port(port, process, log)
-        yield Server(port, process.pid, process, comm_of(sys.executable), directory, files, log)
+        yield Server(port, process.pid, process, comm, directory, files, log)
     finally:
         stop_process(process)
+
+
+@contextlib.contextmanager
+def python_https_server(directory: Path, certificate: Certificate) -> Iterator[Server]:
+    """http.server + ssl in a child interpreter (it calls SSL_read_ex/SSL_write_ex)."""
+    files = write_site(directory / "html")
+    with _program_server(
+        directory, "python-https",
+        lambda port: [sys.executable, str(PROGRAMS / "https_server.py"), str(port),
+                      str(certificate.cert), str(certificate.key), str(directory / "html")],
+        comm_of(sys.executable), files,
+    ) as server:
+        yield server
 
 
 @contextlib.contextmanager
 def node_https_server(directory: Path, certificate: Certificate, body: bytes) -> Iterator[Server]:
     """Node's https module; started before the capture, so that ecapture has to
     find the node binary (which may embed OpenSSL) among the mapped files."""
-    directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = directory / "node-https.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            ["node", str(PROGRAMS / "https_server.js"), str(port), str(certificate.cert),
-             str(certificate.key), body.decode()],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_port(port, process, log)
-        yield Server(port, process.pid, process, comm_of("node"), directory, {"/": body}, log)
-    finally:
-        stop_process(process)
+    with _program_server(
+        directory, "node-https",
+        lambda port: ["node", str(PROGRAMS / "https_server.js"), str(port),
+                      str(certificate.cert), str(certificate.key), body.decode()],
+        comm_of("node"), {"/": body},
+    ) as server:
+        yield server
 
 
 @dataclass(slots=True)
