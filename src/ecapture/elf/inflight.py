@@ -15,12 +15,16 @@ such calls in every process that maps a hooked library, thread by thread:
 2. The thread's user stack is read from sp up (/proc/PID/mem, at most
    STACK_SCAN_BYTES and never past the mapping that holds sp). An 8-byte word
    is a return address into an SSL call when it falls in the executable
-   mapping of a hooked library, inside one of the watched functions
-   (SSL_read, SSL_read_ex, SSL_write, SSL_write_ex: their .dynsym st_value and
-   st_size), and the bytes before it in the library file decode as a call
-   instruction ending there (capstone). SSL_read_ex calls ssl_read_internal,
-   so its own frame holds such an address; SSL_do_handshake is not watched:
-   a handshake caught in flight loses no plaintext.
+   mapping of a hooked library at the end of a call instruction of one of the
+   watched functions (SSL_read, SSL_read_ex, SSL_write, SSL_write_ex). Those
+   ends are found once per library by disassembling each function (capstone,
+   a linear sweep from its .dynsym st_value over its st_size: gcc puts no data
+   in .text on x86-64, jump tables live in .rodata). Checking only that the
+   bytes before a word decode as a call is weaker: `48 83 e8 01 48 83 c4`
+   (sub $1,%rax; add ...) ends in `e8 01 48 83 c4`, a call rel32.
+   SSL_read_ex calls ssl_read_internal, so its own frame holds such an
+   address; SSL_do_handshake is not watched: a handshake caught in flight
+   loses no plaintext.
 
 Limits (a call missed is reported nowhere; a false report is a spurious
 `lost`):
@@ -52,10 +56,11 @@ import logging
 import os
 import platform
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 
 import capstone
 
@@ -69,9 +74,7 @@ STACK_SCAN_BYTES = 32 << 10  # Python's SSL_read_ex frame sat 784 bytes above sp
 POLL_FDS_READ = 16  # pollfd entries read from a poll/ppoll call
 POLLFD = struct.Struct("<ihh")  # struct pollfd { int fd; short events, revents; }
 WORD = 8
-# Longest call encoding: ff 94 24 disp32 (call *disp32(%rsp)) is 7 bytes; a
-# REX prefix (41 ff d3: call *%r11) or a segment prefix adds one.
-CALL_LENGTHS = (5, 2, 3, 4, 6, 7, 8)
+X86_64 = "EM_X86_64"
 
 # x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
 SOCKET_IO_SYSCALLS_X86_64 = {
@@ -83,44 +86,32 @@ WATCHED_FUNCTIONS = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex")
 
 
 @dataclass(frozen=True, slots=True)
-class FunctionRange:
-    """A function's bytes in its file: [start, end) as file offsets."""
-
-    name: str
-    start: int
-    end: int
-
-
-@dataclass(frozen=True, slots=True)
 class WatchedLibrary:
-    """A hooked file and the functions whose frames mean "inside an SSL call"."""
+    """A hooked file and the return addresses that mean "inside an SSL call"."""
 
     path: Path  # readable by us (through /proc/PID/root when need be)
     device: tuple[int, int]  # (major, minor) of st_dev, as /proc/PID/maps prints it
     inode: int
-    functions: tuple[FunctionRange, ...]
+    # file offset right after a call instruction of a watched function -> its name
+    call_returns: Mapping[int, str]
 
     @classmethod
     def open(cls, path: Path, names: Iterable[str] = WATCHED_FUNCTIONS) -> WatchedLibrary:
-        """Read the ranges of `names` (those present, with a size) from `path`."""
+        """Disassemble `names` (those present, with a size) in `path` (x86-64 only)."""
         executable = Executable(path)
-        ranges: list[FunctionRange] = []
-        for name in names:
-            if not executable.has(name):
-                continue
-            size = executable.size_of(name)
-            if size:
-                start = executable.offset_of(name)
-                ranges.append(FunctionRange(name, start, start + size))
+        returns: dict[int, str] = {}
+        if executable.machine == X86_64:
+            for name in names:
+                if not executable.has(name) or not executable.size_of(name):
+                    continue
+                vaddr = executable.address(name)
+                code = executable.read_code(vaddr, executable.size_of(name))
+                offset = executable.vaddr_to_offset(vaddr)
+                for end in call_return_offsets(code):
+                    returns[offset + end] = name
         stat = path.stat()
         return cls(path, (os.major(stat.st_dev), os.minor(stat.st_dev)), stat.st_ino,
-                   tuple(ranges))
-
-    def function_at(self, offset: int) -> FunctionRange | None:
-        for function in self.functions:
-            if function.start <= offset < function.end:
-                return function
-        return None
+                   MappingProxyType(returns))
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +129,7 @@ class InFlightCall:
 
 
 @dataclass(frozen=True, slots=True)
-class Mapping:
+class MemoryMapping:
     """One line of /proc/PID/maps."""
 
     start: int
@@ -150,16 +141,16 @@ class Mapping:
     path: str
 
 
-def parse_mappings(text: str) -> list[Mapping]:
+def parse_mappings(text: str) -> list[MemoryMapping]:
     """Every line of a maps file (proc(5): address perms offset dev inode pathname)."""
-    mappings: list[Mapping] = []
+    mappings: list[MemoryMapping] = []
     for line in text.splitlines():
         fields = line.split(maxsplit=5)
         if len(fields) < 5:
             continue
         start, _, end = fields[0].partition("-")
         major, _, minor = fields[3].partition(":")
-        mappings.append(Mapping(
+        mappings.append(MemoryMapping(
             int(start, 16), int(end, 16), "x" in fields[1], int(fields[2], 16),
             (int(major, 16), int(minor, 16)), int(fields[4]),
             fields[5] if len(fields) > 5 else "",
@@ -190,44 +181,18 @@ def parse_syscall(text: str) -> BlockedSyscall | None:
 
 
 @lru_cache(maxsize=1)
-def _call_disassembler() -> capstone.Cs:
+def _disassembler() -> capstone.Cs:
     return capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 
 
-def ends_with_call(code: bytes) -> bool:
-    """Do the last bytes of `code` decode as one call instruction ending at its end?"""
-    disassembler = _call_disassembler()
-    for length in CALL_LENGTHS:
-        if length > len(code):
-            continue
-        tail = code[-length:]
-        instruction = next(disassembler.disasm(tail, 0, 1), None)
-        if instruction is not None and instruction.size == length \
-                and instruction.mnemonic == "call":
-            return True
-    return False
+def call_return_offsets(code: bytes) -> list[int]:
+    """Offsets in `code` (a function's bytes) right after each call instruction.
 
-
-class _CallSiteCheck:
-    """Caches "is there a call before file offset X" per library file."""
-
-    def __init__(self) -> None:
-        self._known: dict[tuple[Path, int], bool] = {}
-
-    def after_call(self, library: WatchedLibrary, offset: int) -> bool:
-        key = (library.path, offset)
-        known = self._known.get(key)
-        if known is None:
-            before = max(CALL_LENGTHS)
-            start = max(offset - before, 0)
-            try:
-                with library.path.open("rb") as stream:
-                    stream.seek(start)
-                    code = stream.read(offset - start)
-            except OSError:
-                code = b""
-            known = self._known[key] = ends_with_call(code)
-        return known
+    A linear sweep from the start; it stops at the first byte capstone cannot
+    decode (what follows is not searched, so it can only miss, not invent)."""
+    return [instruction.address + instruction.size
+            for instruction in _disassembler().disasm(code, 0)
+            if instruction.mnemonic == "call"]
 
 
 def _read_text(path: Path) -> str | None:
@@ -270,11 +235,10 @@ class InFlightScanner:
         stack_bytes: int = STACK_SCAN_BYTES,
         machine: str | None = None,
     ) -> None:
-        self.libraries = tuple(library for library in libraries if library.functions)
+        self.libraries = tuple(library for library in libraries if library.call_returns)
         self.proc = proc
         self.stack_bytes = stack_bytes
         self.machine = machine or platform.machine()
-        self._call_sites = _CallSiteCheck()
         self.processes_scanned = 0
         self.threads_checked = 0
         self.stacks_read = 0
@@ -296,9 +260,9 @@ class InFlightScanner:
         return found
 
     def _library_mappings(
-        self, mappings: Sequence[Mapping]
-    ) -> list[tuple[Mapping, WatchedLibrary]]:
-        matched: list[tuple[Mapping, WatchedLibrary]] = []
+        self, mappings: Sequence[MemoryMapping]
+    ) -> list[tuple[MemoryMapping, WatchedLibrary]]:
+        matched: list[tuple[MemoryMapping, WatchedLibrary]] = []
         for mapping in mappings:
             if not mapping.executable or mapping.inode == 0:
                 continue
@@ -342,8 +306,7 @@ class InFlightScanner:
                     continue
                 function = self._ssl_frame(blocked.sp, mappings, hooked, memory)
                 if function is not None:
-                    found.append(InFlightCall(pid, tid, comm, uid, fd, name, function[0].name,
-                                              function[1].path))
+                    found.append(InFlightCall(pid, tid, comm, uid, fd, name, *function))
         finally:
             if memory is not None:
                 os.close(memory)
@@ -370,10 +333,10 @@ class InFlightScanner:
     def _ssl_frame(
         self,
         sp: int,
-        mappings: Sequence[Mapping],
-        hooked: Sequence[tuple[Mapping, WatchedLibrary]],
+        mappings: Sequence[MemoryMapping],
+        hooked: Sequence[tuple[MemoryMapping, WatchedLibrary]],
         memory: int,
-    ) -> tuple[FunctionRange, WatchedLibrary] | None:
+    ) -> tuple[str, Path] | None:
         """The innermost watched function with a return address on the stack above sp."""
         stack = next((m for m in mappings if m.start <= sp < m.end), None)
         if stack is None:
@@ -384,10 +347,9 @@ class InFlightScanner:
             for mapping, library in hooked:
                 if not mapping.start <= address < mapping.end:
                     continue
-                offset = address - mapping.start + mapping.offset
-                function = library.function_at(offset)
-                if function is not None and self._call_sites.after_call(library, offset):
-                    return function, library
+                function = library.call_returns.get(address - mapping.start + mapping.offset)
+                if function is not None:
+                    return function, library.path
         return None
 
 
