@@ -25,6 +25,15 @@ such calls in every process that maps a hooked library, thread by thread:
    SSL_read_ex calls ssl_read_internal, so its own frame holds such an
    address; SSL_do_handshake is not watched: a handshake caught in flight
    loses no plaintext.
+3. Another tracer's uretprobe (a second ecapture, bpftrace) replaces the
+   return address of the function it probes with the uretprobe trampoline,
+   the first slot of the "[uprobes]" mapping (kernel/events/uprobes.c,
+   prepare_uretprobe). Probing ssl_read_internal, which tail-calls ssl3_read,
+   hides SSL_read_ex's return address: seen 22 times in 30 here while other
+   captures ran. So the trampoline above library code (a return address right
+   after a call instruction into the library's code) also counts, reported as
+   HIDDEN_BY_URETPROBE, unless a return address of a no-data call
+   (SSL_do_handshake, SSL_shutdown, SSL_peek...) lies between them.
 
 Limits (a call missed is reported nowhere; a false report is a spurious
 `lost`):
@@ -38,8 +47,10 @@ Limits (a call missed is reported nowhere; a false report is a spurious
   Checked for Debian 12's OpenSSL 3.0 (SSL_read_ex calls at +9).
 - A stale return address (a slot of a live frame not overwritten since an
   earlier SSL call) above a thread now blocked on another socket would be
-  reported: the call instruction check and the function ranges make it
-  unlikely, not impossible.
+  reported: exact call ends make it unlikely, not impossible. Under another
+  tracer's uretprobe the check is weaker (any call into the library's code
+  below the trampoline), and a stale no-data return address between them
+  hides a real call.
 - Only x86-64 (syscall numbers, call encodings); elsewhere the scan finds
   nothing and says so once at debug level.
 - A mapping is matched to a hooked file by (device, inode) as maps prints
@@ -83,35 +94,62 @@ SOCKET_IO_SYSCALLS_X86_64 = {
 }
 POLL_SYSCALLS_X86_64 = {7: "poll", 271: "ppoll"}
 WATCHED_FUNCTIONS = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex")
+# Calls that lose no plaintext when caught in flight (SSL_peek leaves the bytes
+# for the SSL_read that follows).
+NO_DATA_FUNCTIONS = ("SSL_do_handshake", "SSL_accept", "SSL_connect", "SSL_shutdown",
+                     "SSL_peek", "SSL_peek_ex")
+HIDDEN_BY_URETPROBE = "(a return address replaced by a uretprobe)"
+UPROBES_MAPPING = "[uprobes]"  # the xol area; its first slot is the uretprobe trampoline
+# Call encodings, shortest first after the common call rel32: ff d0 (call *%rax)
+# is 2 bytes, ff 94 24 disp32 (call *disp32(%rsp)) 7, a REX prefix adds one.
+CALL_LENGTHS = (5, 2, 3, 4, 6, 7, 8)
+
+
+def _call_returns(executable: Executable, names: Iterable[str]) -> dict[int, str]:
+    """File offset right after each call instruction of the functions `names`
+    (those present with a size) -> the function's name."""
+    returns: dict[int, str] = {}
+    for name in names:
+        if not executable.has(name) or not executable.size_of(name):
+            continue
+        vaddr = executable.address(name)
+        code = executable.read_code(vaddr, executable.size_of(name))
+        offset = executable.vaddr_to_offset(vaddr)
+        for end in call_return_offsets(code):
+            returns[offset + end] = name
+    return returns
 
 
 @dataclass(frozen=True, slots=True)
 class WatchedLibrary:
-    """A hooked file and the return addresses that mean "inside an SSL call"."""
+    """A hooked file and the return addresses that tell which SSL call a thread is in."""
 
     path: Path  # readable by us (through /proc/PID/root when need be)
     device: tuple[int, int]  # (major, minor) of st_dev, as /proc/PID/maps prints it
     inode: int
     # file offset right after a call instruction of a watched function -> its name
     call_returns: Mapping[int, str]
+    # the same for the calls that move no plaintext (a handshake, a shutdown, a peek)
+    other_returns: Mapping[int, str]
+    code: tuple[tuple[int, int], ...]  # [start, end) file offsets of executable segments
 
     @classmethod
-    def open(cls, path: Path, names: Iterable[str] = WATCHED_FUNCTIONS) -> WatchedLibrary:
-        """Disassemble `names` (those present, with a size) in `path` (x86-64 only)."""
+    def open(cls, path: Path, names: Iterable[str] = WATCHED_FUNCTIONS,
+             others: Iterable[str] = NO_DATA_FUNCTIONS) -> WatchedLibrary:
+        """Disassemble `names` and `others` in `path` (x86-64 only; else none)."""
         executable = Executable(path)
-        returns: dict[int, str] = {}
-        if executable.machine == X86_64:
-            for name in names:
-                if not executable.has(name) or not executable.size_of(name):
-                    continue
-                vaddr = executable.address(name)
-                code = executable.read_code(vaddr, executable.size_of(name))
-                offset = executable.vaddr_to_offset(vaddr)
-                for end in call_return_offsets(code):
-                    returns[offset + end] = name
+        x86 = executable.machine == X86_64
         stat = path.stat()
-        return cls(path, (os.major(stat.st_dev), os.minor(stat.st_dev)), stat.st_ino,
-                   MappingProxyType(returns))
+        return cls(
+            path, (os.major(stat.st_dev), os.minor(stat.st_dev)), stat.st_ino,
+            MappingProxyType(_call_returns(executable, names) if x86 else {}),
+            MappingProxyType(_call_returns(executable, others) if x86 else {}),
+            tuple((segment.offset, segment.offset + segment.filesz)
+                  for segment in executable.segments if segment.executable),
+        )
+
+    def in_code(self, offset: int) -> bool:
+        return any(start <= offset < end for start, end in self.code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +277,9 @@ class InFlightScanner:
         self.proc = proc
         self.stack_bytes = stack_bytes
         self.machine = machine or platform.machine()
+        # " INODE " as maps prints it, between the device and the path
+        self._call_sites: dict[tuple[Path, int], bool] = {}
+        self._inode_markers = tuple({f" {library.inode} " for library in self.libraries})
         self.processes_scanned = 0
         self.threads_checked = 0
         self.stacks_read = 0
@@ -276,6 +317,8 @@ class InFlightScanner:
         maps = _read_text(process / "maps")
         if not maps:
             return []  # gone, unreadable, or a kernel thread
+        if not any(marker in maps for marker in self._inode_markers):
+            return []  # maps no hooked file: most processes, not worth parsing
         mappings = parse_mappings(maps)
         hooked = self._library_mappings(mappings)
         if not hooked:
@@ -305,6 +348,8 @@ class InFlightScanner:
                 if fd is None:
                     continue
                 function = self._ssl_frame(blocked.sp, mappings, hooked, memory)
+                log.debug("pid %d tid %d in %s(%d): %s", pid, tid, name, fd,
+                          f"inside {function[0]}" if function else "no SSL call on its stack")
                 if function is not None:
                     found.append(InFlightCall(pid, tid, comm, uid, fd, name, *function))
         finally:
@@ -337,20 +382,81 @@ class InFlightScanner:
         hooked: Sequence[tuple[MemoryMapping, WatchedLibrary]],
         memory: int,
     ) -> tuple[str, Path] | None:
-        """The innermost watched function with a return address on the stack above sp."""
+        """The watched function the thread is in, judged from the stack above sp.
+
+        A return address of a watched function decides. Failing that, a word
+        that is the uretprobe trampoline (the kernel put it in place of a
+        return address when a uretprobe's function was entered: another
+        tracer's, since ours were not attached yet) above library code (a
+        return address right after a call instruction into the library) counts
+        too, unless a return address of a no-data call (SSL_do_handshake, ...)
+        lies between them: ssl_read_internal tail-calls ssl3_read, so a
+        uretprobe on it hides SSL_read_ex's own return address.
+        """
         stack = next((m for m in mappings if m.start <= sp < m.end), None)
         if stack is None:
             return None
+        trampoline = next((m.start for m in mappings if m.path == UPROBES_MAPPING), None)
         self.stacks_read += 1
-        data = _read_memory(memory, sp, min(self.stack_bytes, stack.end - sp))
+        size = min(self.stack_bytes, stack.end - sp)
+        data = _read_memory(memory, sp, size)
+        if len(data) < size:
+            log.debug("read %d of %d stack bytes at %#x", len(data), size, sp)
+        inner: WatchedLibrary | None = None  # library code seen since sp or the last no-data call
+        hidden: WatchedLibrary | None = None
         for (address,) in struct.iter_unpack("<Q", data[: len(data) - len(data) % WORD]):
+            if address == trampoline:
+                hidden = hidden or inner
+                continue
             for mapping, library in hooked:
                 if not mapping.start <= address < mapping.end:
                     continue
-                function = library.call_returns.get(address - mapping.start + mapping.offset)
+                offset = address - mapping.start + mapping.offset
+                function = library.call_returns.get(offset)
                 if function is not None:
                     return function, library.path
-        return None
+                if offset in library.other_returns:
+                    inner = None
+                elif inner is None and hidden is None and self._after_call(library, offset):
+                    inner = library
+        return (HIDDEN_BY_URETPROBE, hidden.path) if hidden is not None else None
+
+    def _after_call(self, library: WatchedLibrary, offset: int) -> bool:
+        """Do the bytes before `offset` in the file end with a call instruction?"""
+        key = (library.path, offset)
+        known = self._call_sites.get(key)
+        if known is None:
+            start = max(offset - max(CALL_LENGTHS), 0)
+            try:
+                with library.path.open("rb") as stream:
+                    stream.seek(start)
+                    code = stream.read(offset - start)
+            except OSError:
+                code = b""
+            is_call, target = call_before(code, offset)
+            known = self._call_sites[key] = is_call and (
+                target is None or library.in_code(target))
+        return known
+
+
+def call_before(code: bytes, end: int) -> tuple[bool, int | None]:
+    """Does `code` (the bytes before file offset `end`) end with a call instruction?
+    (True, target offset) for a call rel32, (True, None) for an indirect call.
+
+    Read backwards this is a guess (`48 83 e8 01 48 83 c4` ends in a call
+    rel32): the target of a direct call must then land in the file's code."""
+    disassembler = _disassembler()
+    for length in CALL_LENGTHS:
+        if length > len(code):
+            continue
+        tail = code[-length:]
+        instruction = next(disassembler.disasm(tail, 0, 1), None)
+        if instruction is None or instruction.size != length or instruction.mnemonic != "call":
+            continue
+        if tail[0] == 0xE8:
+            return True, end + int.from_bytes(tail[1:5], "little", signed=True)
+        return True, None
+    return False, None
 
 
 def in_flight_calls(

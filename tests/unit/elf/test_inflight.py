@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 
 from ecapture.elf.inflight import (
+    HIDDEN_BY_URETPROBE,
     BlockedSyscall,
     InFlightCall,
     InFlightScanner,
     WatchedLibrary,
+    call_before,
     call_return_offsets,
     in_flight_calls,
     parse_mappings,
@@ -23,7 +25,7 @@ from ecapture.elf.inflight import (
 )
 from ecapture.elf.symbols import Executable
 
-from .conftest import LIBSSL3, require_file, run_tool
+from .conftest import LIBSSL3, compile_c, require_file, run_tool
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "inflight"
 LIBRARY_BASE = 0x7F00_0000_0000
@@ -32,6 +34,15 @@ SP = 0x20000
 PID = 4242
 SOCKET_FD, PIPE_FD = 5, 6
 READ, NANOSLEEP, ACCEPT, POLL = 0, 35, 43, 7
+TRAMPOLINE = 0x7FFFFFFFE000  # where the kernel maps [uprobes] (x86-64)
+# An SSL library in small: a data call, a no-data call and an internal
+# function, each calling a helper (a real call, so each has a return address).
+SSL_LIKE_C = r"""
+__attribute__((noinline)) long helper(long a) { return a * 5 + 3; }
+__attribute__((noinline)) long data_call(long a) { return helper(a) + 1; }
+__attribute__((noinline)) long handshake_call(long a) { return helper(a) - 1; }
+__attribute__((noinline)) long internal_call(long a) { return helper(a) ^ 7; }
+"""
 OBJDUMP_CALL = re.compile(r"^\s*([0-9a-f]+):\t((?:[0-9a-f]{2} )+)\s*\tcall")
 
 
@@ -57,9 +68,12 @@ class FakeProcess:
                                                          PIPE_FD: "pipe:[78]"})
     memory: dict[int, bytes] = field(default_factory=dict)
     threads: dict[int, str] = field(default_factory=dict)  # extra tid -> syscall text
+    segment: tuple[int, int] | None = None  # (offset, size) mapped; default: from the ELF
 
     def executable_mapping(self) -> tuple[int, int]:
         """(file offset, size) of the library's executable PT_LOAD, page-aligned."""
+        if self.segment is not None:
+            return self.segment
         segment = next(s for s in Executable(self.library).segments if s.executable)
         start = segment.offset & ~0xFFF
         return start, (segment.offset + segment.filesz - start + 0xFFF) & ~0xFFF
@@ -81,6 +95,7 @@ class FakeProcess:
             f"{LIBRARY_BASE:x}-{LIBRARY_BASE + size:x} r-xp {offset:08x} {device} {stat.st_ino}"
             f"                     {self.library}\n"
             f"{STACK_START:x}-{STACK_END:x} rw-p 00000000 00:00 0          [stack]\n"
+            f"{TRAMPOLINE:x}-{TRAMPOLINE + 0x1000:x} r-xp 00000000 00:00 0      [uprobes]\n"
         )
         (root / "comm").write_text("server\n")
         (root / "status").write_text("Name:\tserver\nUid:\t1000\t1000\t1000\t1000\n")
@@ -300,6 +315,87 @@ def test_recorded_python_server_blocked_in_ssl_read_ex(tmp_path: Path) -> None:
     assert [(call.pid, call.fd, call.syscall, call.function) for call in calls] == [
         (900, 4, "read", "SSL_read_ex")]
     assert scanner.stacks_read == 1
+
+
+@pytest.fixture(scope="session")
+def ssl_like(build_dir: Path) -> Path:
+    return compile_c(build_dir, "libssl-like.so", SSL_LIKE_C, "-shared", "-fPIC")
+
+
+def first_call_return(library: Path, name: str) -> int:
+    executable = Executable(library)
+    return executable.vaddr_to_offset(call_returns(
+        library, executable.address(name), executable.size_of(name))[0])
+
+
+@pytest.mark.parametrize(
+    ("frames", "found"),
+    [
+        # innermost first: library code under the trampoline is an SSL call we cannot name
+        (["internal_call", "trampoline"], [HIDDEN_BY_URETPROBE]),
+        (["internal_call", "trampoline", "data_call"], ["data_call"]),
+        # a handshake under another tracer's uretprobe moves no plaintext
+        (["internal_call", "handshake_call", "trampoline"], []),
+        (["trampoline"], []),  # a uretprobe outside the library
+        (["trampoline", "internal_call"], []),  # library code only outside it
+        (["internal_call@start", "trampoline"], []),  # not after a call
+    ],
+)
+def test_a_return_address_hidden_by_another_tracers_uretprobe(
+    tmp_path: Path, ssl_like: Path, frames: list[str], found: list[str]
+) -> None:
+    library = WatchedLibrary.open(ssl_like, ("data_call",), ("handshake_call",))
+    process = FakeProcess(ssl_like, syscall=syscall_text(READ, SOCKET_FD, 0x5000, 5))
+    executable = Executable(ssl_like)
+    stack = []
+    for frame in frames:
+        if frame == "trampoline":
+            stack.append(TRAMPOLINE)
+        elif frame.endswith("@start"):
+            stack.append(process.address_of(executable.offset_of(frame.removesuffix("@start"))))
+        else:
+            stack.append(process.address_of(first_call_return(ssl_like, frame)))
+    process.stack = words(0x1234, *stack)
+    assert [call.function for call in scan(tmp_path, process, library)] == found
+
+
+# A real call (rel32 to offset 36, in the code) ending at 26, then `sub $1,%rax;
+# add $8,%rsp`, whose bytes before offset 33 read backwards as a call rel32.
+RAW_CODE = bytes(16) + bytes.fromhex("be02000000 e80a000000 4883e801 4883c408 c3") + bytes(64)
+
+
+@pytest.mark.parametrize(("inner", "found"), [(26, [HIDDEN_BY_URETPROBE]), (33, [])])
+def test_library_code_under_the_trampoline_must_follow_a_real_call(
+    tmp_path: Path, inner: int, found: list[str]
+) -> None:
+    raw = tmp_path / "code.bin"
+    raw.write_bytes(RAW_CODE)
+    stat = raw.stat()
+    library = WatchedLibrary(raw, (os.major(stat.st_dev), os.minor(stat.st_dev)), stat.st_ino,
+                             {90: "data_call"}, {}, ((0, len(RAW_CODE)),))
+    process = FakeProcess(raw, syscall=syscall_text(READ, SOCKET_FD, 0x5000, 5),
+                          segment=(0, 0x1000))
+    process.stack = words(process.address_of(inner), TRAMPOLINE)
+    assert [call.function for call in scan(tmp_path, process, library)] == found
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (bytes.fromhex("90 e8 10 00 00 00"), (True, 0x1000 + 0x10)),  # call rel32
+        (bytes.fromhex("e8 f0 ff ff ff"), (True, 0x1000 - 0x10)),
+        # sub $1,%rax; add ...: read backwards, a call rel32 far outside any code
+        (bytes.fromhex("48 83 e8 01 48 83 c4"), (True, 0x1000 - 0x3B7CB7FF)),
+        (bytes.fromhex("ff d0"), (True, None)),  # call *%rax
+        (bytes.fromhex("41 ff d3"), (True, None)),  # call *%r11
+        (bytes.fromhex("ff 94 24 80 00 00 00"), (True, None)),  # call *0x80(%rsp)
+        (bytes.fromhex("48 89 c7"), (False, None)),  # mov %rax,%rdi
+        (bytes.fromhex("c3"), (False, None)),
+        (b"", (False, None)),
+    ],
+)
+def test_call_before(code: bytes, expected: tuple[bool, int | None]) -> None:
+    assert call_before(code, 0x1000) == expected
 
 
 def test_parse_syscall() -> None:
