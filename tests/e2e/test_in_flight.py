@@ -116,7 +116,7 @@ def test_a_read_in_flight_at_start_is_one_lost_event(
             assert reading.startswith("reading fd="), reading
             server_fd = int(reading.removeprefix("reading fd="))
             wait_blocked_in_read(server.pid, server_fd)
-            with capture(ecapture, tmp_path / "capture", "-d") as running:
+            with capture(ecapture, tmp_path / "capture") as running:
                 # The scan runs right after the attach; `ready` is logged just before it.
                 scan = wait_stderr(running.stderr_text, SCAN_LINE)
                 response, _ = client.communicate(nonce.encode() + b"\n", LINE_TIMEOUT_S)
