@@ -277,8 +277,8 @@ class InFlightScanner:
         self.proc = proc
         self.stack_bytes = stack_bytes
         self.machine = machine or platform.machine()
+        self._call_sites: dict[tuple[Path, int], bool] = {}  # (file, offset) -> after a call
         # " INODE " as maps prints it, between the device and the path
-        self._call_sites: dict[tuple[Path, int], bool] = {}
         self._inode_markers = tuple({f" {library.inode} " for library in self.libraries})
         self.processes_scanned = 0
         self.threads_checked = 0
@@ -328,7 +328,6 @@ class InFlightScanner:
             tids = sorted(int(name) for name in os.listdir(process / "task"))
         except OSError:
             return []
-        comm = (_read_text(process / "comm") or "").strip()
         uid = _real_uid(_read_text(process / "status"))
         found: list[InFlightCall] = []
         memory: int | None = None
@@ -351,6 +350,8 @@ class InFlightScanner:
                 log.debug("pid %d tid %d in %s(%d): %s", pid, tid, name, fd,
                           f"inside {function[0]}" if function else "no SSL call on its stack")
                 if function is not None:
+                    # the thread's own name, as bpf_get_current_comm() gives it
+                    comm = (_read_text(process / "task" / str(tid) / "comm") or "").strip()
                     found.append(InFlightCall(pid, tid, comm, uid, fd, name, *function))
         finally:
             if memory is not None:

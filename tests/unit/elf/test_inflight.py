@@ -97,13 +97,14 @@ class FakeProcess:
             f"{STACK_START:x}-{STACK_END:x} rw-p 00000000 00:00 0          [stack]\n"
             f"{TRAMPOLINE:x}-{TRAMPOLINE + 0x1000:x} r-xp 00000000 00:00 0      [uprobes]\n"
         )
-        (root / "comm").write_text("server\n")
         (root / "status").write_text("Name:\tserver\nUid:\t1000\t1000\t1000\t1000\n")
         for fd, target in self.fds.items():
             os.symlink(target, root / "fd" / str(fd))
         for tid, text in {self.pid: self.syscall, **self.threads}.items():
             (root / "task" / str(tid)).mkdir()
             (root / "task" / str(tid) / "syscall").write_text(text)
+            (root / "task" / str(tid) / "comm").write_text(
+                "server\n" if tid == self.pid else "worker\n")
         with (root / "mem").open("wb") as memory:
             for address, data in {SP: self.stack, **self.memory}.items():
                 memory.seek(address)
@@ -240,8 +241,8 @@ def test_every_thread_is_checked(
     process = FakeProcess(shared_library, syscall=syscall_text(NANOSLEEP, 0x5000, 0),
                           threads={PID + 1: syscall_text(READ, SOCKET_FD, 0x5000, 5)})
     process.stack = words(process.address_of(return_offset))
-    assert [(call.pid, call.tid) for call in scan(tmp_path, process, library)] == [
-        (PID, PID + 1)]
+    assert [(call.pid, call.tid, call.comm) for call in scan(tmp_path, process, library)] == [
+        (PID, PID + 1, "worker")]
 
 
 def test_a_mapping_of_another_file_with_the_same_inode_is_not_the_library(
@@ -304,7 +305,7 @@ def test_recorded_python_server_blocked_in_ssl_read_ex(tmp_path: Path) -> None:
     (proc / "maps").write_text(maps.replace(f"{recorded_device} {recorded_inode}",
                                             f"{device} {stat.st_ino}"))
     (proc / "task" / "900" / "syscall").write_text(syscall)
-    (proc / "comm").write_text("python3\n")
+    (proc / "task" / "900" / "comm").write_text("python3\n")
     os.symlink("socket:[1234]", proc / "fd" / "4")
     blocked = parse_syscall(syscall)
     assert blocked is not None and blocked.arguments[0] == 4
@@ -312,8 +313,8 @@ def test_recorded_python_server_blocked_in_ssl_read_ex(tmp_path: Path) -> None:
         memory.seek(sp)
         memory.write((DATA / "python_ssl_read.stack.bin").read_bytes())
     calls, scanner = in_flight_calls([libssl], pids=[900], proc=tmp_path / "proc")
-    assert [(call.pid, call.fd, call.syscall, call.function) for call in calls] == [
-        (900, 4, "read", "SSL_read_ex")]
+    assert [(call.pid, call.comm, call.fd, call.syscall, call.function) for call in calls] == [
+        (900, "python3", 4, "read", "SSL_read_ex")]
     assert scanner.stacks_read == 1
 
 
