@@ -39,7 +39,8 @@ pytestmark = pytest.mark.e2e
 
 LINE_TIMEOUT_S = 10.0
 SCAN_LINE = re.compile(r"in-flight scan: (\d+) SSL calls .* in ([\d.]+) ms")
-READ_SYSCALL = 0  # x86-64 (arch/x86/entry/syscalls/syscall_64.tbl)
+READ_SYSCALL, WRITE_SYSCALL = 0, 1  # x86-64 (arch/x86/entry/syscalls/syscall_64.tbl)
+WRITE_SIZE = 1 << 20
 
 
 def read_line(process: subprocess.Popen[bytes], timeout: float = LINE_TIMEOUT_S) -> str:
@@ -60,15 +61,15 @@ def read_line(process: subprocess.Popen[bytes], timeout: float = LINE_TIMEOUT_S)
     return line.decode().strip()
 
 
-def wait_blocked_in_read(pid: int, fd: int) -> None:
-    """Until the thread is in read(fd, ...) (proc(5) /proc/PID/syscall)."""
+def wait_blocked(pid: int, syscall: int, fd: int) -> None:
+    """Until the thread is in syscall(fd, ...) (proc(5) /proc/PID/syscall)."""
     deadline = time.monotonic() + LINE_TIMEOUT_S
     while time.monotonic() < deadline:
         fields = Path(f"/proc/{pid}/syscall").read_text().split()
-        if fields[:2] == [str(READ_SYSCALL), hex(fd)]:
+        if fields[:2] == [str(syscall), hex(fd)]:
             return
         time.sleep(0.02)
-    raise AssertionError(f"pid {pid} is not blocked in read({fd}): {fields}")
+    raise AssertionError(f"pid {pid} is not blocked in syscall {syscall}({fd}): {fields}")
 
 
 def wait_stderr(log_text: Callable[[], str], pattern: re.Pattern[str]) -> re.Match[str]:
@@ -115,7 +116,7 @@ def test_a_read_in_flight_at_start_is_one_lost_event(
             reading = read_line(server)
             assert reading.startswith("reading fd="), reading
             server_fd = int(reading.removeprefix("reading fd="))
-            wait_blocked_in_read(server.pid, server_fd)
+            wait_blocked(server.pid, READ_SYSCALL, server_fd)
             with capture(ecapture, tmp_path / "capture") as running:
                 # The scan runs right after the attach; `ready` is logged just before it.
                 scan = wait_stderr(running.stderr_text, SCAN_LINE)
@@ -150,3 +151,42 @@ def test_a_read_in_flight_at_start_is_one_lost_event(
     others = [event for event in result.events if event not in ours]
     assert_clean_stop(dataclasses.replace(result, events=others),
                       pids=(server.pid, client.pid, idle.pid))
+
+
+def test_a_write_in_flight_at_start_is_one_lost_event(
+    ecapture: Ecapture, certificate: Certificate, tmp_path: Path
+) -> None:
+    """The server is blocked in write() inside one SSL_write_ex of 1 MiB (the client
+    reads nothing yet); its second call, after the start, is captured."""
+    port = free_port()
+    marker = b"written %d" % WRITE_SIZE
+    with program("writer", str(port), str(certificate.cert), str(certificate.key),
+                 str(WRITE_SIZE)) as server:
+        assert read_line(server) == "listening"
+        with program("reader", str(port), stdin=subprocess.PIPE) as client:
+            assert read_line(client) == "connected"
+            writing = read_line(server)
+            assert writing.startswith("writing fd="), writing
+            server_fd = int(writing.removeprefix("writing fd="))
+            wait_blocked(server.pid, WRITE_SYSCALL, server_fd)
+            with capture(ecapture, tmp_path / "capture") as running:
+                wait_stderr(running.stderr_text, SCAN_LINE)
+                output, _ = client.communicate(b"\n", LINE_TIMEOUT_S)
+                assert client.returncode == 0
+        result = running.finished()
+
+    assert output == b"%d %s" % (WRITE_SIZE + len(marker), (bytes(WRITE_SIZE) + marker)[-40:])
+    in_flight = [event for event in result.events
+                 if event["type"] == "lost" and event["reason"] == "in_flight"]
+    ours = [event for event in in_flight if event["pid"] == server.pid]
+    assert [(event["fd"], event["records"], event["bytes"]) for event in ours] == [
+        (server_fd, 1, 0)], in_flight
+    assert [event for event in in_flight if event["pid"] == client.pid] == []
+    # Only the second call of the server is seen, whole; the client's reads all began
+    # after the start, so it got everything, the end of the first call included.
+    assert bytes(only_stream(result.events, marker, server.pid, "send").data) == marker
+    assert only_stream(result.events, marker, client.pid, "recv").data.endswith(
+        bytes(1000) + marker)
+    others = [event for event in result.events if event not in ours]
+    assert_clean_stop(dataclasses.replace(result, events=others),
+                      pids=(server.pid, client.pid))
