@@ -24,7 +24,14 @@ from pathlib import Path
 
 import pytest
 
-from .capture import Ecapture, assert_clean_stop, capture, only_stream, streams_of
+from .capture import (
+    Ecapture,
+    assert_clean_stop,
+    capture,
+    contract_problems,
+    only_stream,
+    streams_of,
+)
 from .targets import (
     PROGRAMS,
     Certificate,
@@ -147,10 +154,17 @@ def test_a_read_in_flight_at_start_is_one_lost_event(
     summary = result.stderr[result.stderr.index("summary:"):]
     assert f"in_flight {len(in_flight)} records/0 bytes" in summary
 
-    # Nothing else lost for these programs.
-    others = [event for event in result.events if event not in ours]
-    assert_clean_stop(dataclasses.replace(result, events=others),
-                      pids=(server.pid, client.pid, idle.pid))
+    # Nothing else lost for these programs. This capture watches every process (the
+    # scan has to see the idle ones) on a machine shared with other tests, so a full
+    # ring that names no pid may be theirs: not checked here; the -p test below
+    # checks that nothing at all is lost.
+    programs = {server.pid, *idle_pids}
+    assert [event for event in result.events if event["type"] == "lost"
+            and event["pid"] in programs and event not in ours] == []
+    assert result.exit_code == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert contract_problems([event for event in result.events
+                              if event["pid"] in programs]) == []
 
 
 def test_a_write_in_flight_at_start_is_one_lost_event(
