@@ -80,3 +80,20 @@ def test_the_pid_and_uid_filters_apply_as_in_the_kernel(monkeypatch: pytest.Monk
     assert [lost.pid for lost in writer.lost()] == [100]
     writer, _ = report(monkeypatch, TlsConfig(uid=0))
     assert [lost.pid for lost in writer.lost()] == [200]
+
+
+def test_a_failing_scan_is_logged_and_the_capture_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_scan(paths: Iterable[Path], *, pids: Iterable[int] | None = None
+                    ) -> tuple[list[InFlightCall], InFlightScanner]:
+        raise ValueError("a maps line nobody expected")
+
+    monkeypatch.setattr(openssl, "in_flight_calls", broken_scan)
+    module = OpensslModule(TlsConfig())
+    writer = RecordingWriter()
+    module._pipeline = Pipeline([writer])
+    module._report_calls_in_flight()
+    assert writer.items == []
+    assert "the in-flight scan failed" in caplog.text
+    assert "a maps line nobody expected" in caplog.text

@@ -225,12 +225,16 @@ class OpensslModule(Module):
         (its return is not probed, its bytes never captured): src/ecapture/elf/inflight.py."""
         config = self.tls_config
         began = time.monotonic()
-        calls, scanner = in_flight_calls((library.path for library in self.libraries),
-                                         pids=(config.pid,) if config.pid else None)
+        try:
+            calls, scanner = in_flight_calls((library.path for library in self.libraries),
+                                             pids=(config.pid,) if config.pid else None)
+        except Exception:  # a bug in a best-effort scan must not stop the capture
+            log.exception("the in-flight scan failed: SSL calls running at attach go unreported")
+            return
         # The kernel side captures only this uid (tls.bpf.c filter_uid): report alike.
         calls = [call for call in calls if config.uid is None or call.uid == config.uid]
         log.info(
-            "in-flight scan: %d SSL calls already running at attach (%d processes, %d threads, "
+            "in-flight scan: %d SSL calls found running at attach (%d processes, %d threads, "
             "%d stacks read in %.1f ms)", len(calls), scanner.processes_scanned,
             scanner.threads_checked, scanner.stacks_read, (time.monotonic() - began) * 1e3,
             extra={"capture_module": self.name, "count": len(calls)},
