@@ -2,8 +2,12 @@
 
 A uretprobe hooks the return address when the function is entered, and the
 entry probe records the buffer; a call entered before the attach has neither,
-so whatever it returns is never captured. Right after the attach we look for
-such calls in every process that maps a hooked library, thread by thread:
+so whatever it returns is never captured. Only blocking sockets keep a thread
+inside an SSL call for long (a server waiting for a request, a writer whose
+peer does not read); nginx, curl or CPython with a socket timeout poll outside
+the call and re-enter it, so the next call is seen. Right after the attach we
+look for such calls in every process that maps a hooked library, thread by
+thread:
 
 1. /proc/PID/task/TID/syscall (proc(5)) gives the syscall a blocked thread is
    in, its six arguments and the user sp and pc. Only socket reads and writes
