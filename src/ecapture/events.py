@@ -134,6 +134,7 @@ class LossReason(enum.StrEnum):
     QUEUE_FULL = "queue_full"  # a user-space queue was full
     PARSER = "parser"  # a parser gave up on a stream (bounded buffer)
     DECODE = "decode"  # a record did not match its struct (a bug: reported)
+    IN_FLIGHT = "in_flight"  # an SSL call already running at attach: its bytes are unseen
 
 
 class Lost(msgspec.Struct, frozen=True, gc=False):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,12 @@ from typing import Any, ClassVar
 
 from ecapture.config import CaptureModel, GlobalConfig, ProbePlacement
 from ecapture.elf.discovery import process_ssl_targets, system_libssl
+from ecapture.elf.inflight import InFlightCall, in_flight_calls
 from ecapture.elf.placement import CallSemantics, HookPoint, describe_plan, plan_ssl_hooks
 from ecapture.elf.symbols import Executable
 from ecapture.elf.version import SslVersion, detect_ssl_version
 from ecapture.errors import ConfigError, EcaptureError, LibraryNotFound
-from ecapture.events import Direction
+from ecapture.events import Direction, LossReason, Lost
 from ecapture.modules.base import Module, ProbeSpec
 from ecapture.modules.registry import register
 from ecapture.processor.tracker import ConnectionTracker
@@ -213,6 +215,41 @@ class OpensslModule(Module):
                 specs.append(ProbeSpec(RETURN_PROGRAM, library.path, library.handshake_offset,
                                        retprobe=True, label=f"{label} (return)"))
         return specs
+
+    def start(self) -> None:
+        super().start()
+        self._report_calls_in_flight()
+
+    def _report_calls_in_flight(self) -> None:
+        """A `lost` item for each SSL call that began before the probes were attached
+        (its return is not probed, its bytes never captured): src/ecapture/elf/inflight.py."""
+        config = self.tls_config
+        began = time.monotonic()
+        try:
+            calls, scanner = in_flight_calls((library.path for library in self.libraries),
+                                             pids=(config.pid,) if config.pid else None)
+        except Exception:  # a bug in a best-effort scan must not stop the capture
+            log.exception("the in-flight scan failed: SSL calls running at attach go unreported")
+            return
+        # The kernel side captures only this uid (tls.bpf.c filter_uid): report alike.
+        calls = [call for call in calls if config.uid is None or call.uid == config.uid]
+        log.info(
+            "in-flight scan: %d SSL calls found running at attach (%d processes, %d threads, "
+            "%d stacks read in %.1f ms)", len(calls), scanner.processes_scanned,
+            scanner.threads_checked, scanner.stacks_read, (time.monotonic() - began) * 1e3,
+            extra={"capture_module": self.name, "count": len(calls)},
+        )
+        for call in calls:
+            self._report_in_flight(call)
+
+    def _report_in_flight(self, call: InFlightCall) -> None:
+        log.debug("in flight at attach: pid %d tid %d %s fd %d in %s (%s)", call.pid, call.tid,
+                  call.function, call.fd, call.syscall, call.library)
+        pipeline = self._pipeline
+        if pipeline is not None:
+            # One call whose length is unknown: 1 record, 0 bytes counted.
+            pipeline.report_loss(Lost(time.time_ns(), LossReason.IN_FLIGHT, 1, 0,
+                                      pid=call.pid, comm=call.comm, fd=call.fd))
 
     def auto_attached_programs(self) -> Sequence[str]:
         # The socket of each SSL call (its nested socket I/O), and closes.
