@@ -21,7 +21,7 @@ from .oracle import h11_exchanges
 
 RECORDINGS = [
     "h1_keepalive", "h1_chunked_gzip", "h1_head_then_get", "h1_status_codes", "h1_pipelined",
-    "curl_nginx_h1", "h2_three_streams", "h2_grpc_unary", "nghttp_nginx_h2",
+    "curl_nginx_h1", "h1_hostile_headers", "h2_three_streams", "h2_grpc_unary", "nghttp_nginx_h2",
 ]
 INFO = ConnectionInfo(pid=1, comm="fuzz", uid=0, fd=3, conn_id=1, client=None, server=None)
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -26,7 +26,7 @@ from .factories import RECV, SEND, conn_close, recording, tls_data
 
 H1_RECORDINGS = [
     "h1_keepalive", "h1_chunked_gzip", "h1_head_then_get", "h1_status_codes", "h1_pipelined",
-    "curl_nginx_h1",
+    "curl_nginx_h1", "h1_hostile_headers",
 ]
 Stream = list[tuple[Direction, bytes]]
 

@@ -13,7 +13,7 @@ from ecapture.events import LossReason, Lost
 from ecapture.processor import http1
 from ecapture.processor.model import HttpExchange, ProcessorItem, Unparsed
 
-from .factories import RECV, SEND, Chunks, exchanges, flipped, run
+from .factories import RECV, SEND, Chunks, exchanges, flipped, recording, run
 
 SPLITS = [None, 1, 2, 5, 13, 1 << 20]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -24,6 +24,26 @@ def _only_exchanges(items: list[ProcessorItem]) -> list[HttpExchange]:
     others = [item for item in items if not isinstance(item, HttpExchange)]
     assert others == []
     return exchanges(items)
+
+
+@pytest.mark.parametrize("size", SPLITS)
+@pytest.mark.parametrize("view", ["client", "server"])
+def test_recorded_curl_and_http_server_exchange(size: int | None, view: str) -> None:
+    """curl -H $'X-Ctl: a\\x01b\\x7f\\x1b[0m' against Python's http.server,
+    which answers with an ESC in X-Esc and echoes X-Ctl; then a second
+    request on the same connection (record_streams.py)."""
+    chunks = recording("h1_hostile_headers")
+    if view == "server":
+        chunks = flipped(chunks)
+    escaped, after = _only_exchanges(run(chunks, size))
+    assert escaped.complete and after.complete
+    assert escaped.request is not None and escaped.response is not None
+    assert escaped.request.headers[-1] == (b"X-Ctl", b"a\x01b\x7f\x1b[0m")
+    assert (b"X-Esc", b"\x1b[31mred\x1b[0m") in escaped.response.headers
+    assert (b"X-Echo-Ctl", b"a\x01b\x7f\x1b[0m") in escaped.response.headers
+    assert escaped.response.body == b"escaped\n"
+    assert after.request is not None and after.request.target == "/after"
+    assert after.response is not None and after.response.body == b"hello from /after\n"
 
 
 @pytest.mark.parametrize("size", SPLITS)
