@@ -1,6 +1,12 @@
 """HTTP/1.x observed from outside: heads by httptools, framing by us.
 
-httptools (llhttp) parses and validates each head; the body framing is ours
+httptools (llhttp) parses and validates each head; a head it rejects (a
+control byte in a value, any byte in a name, an obs-fold, a bare LF: real
+peers send and accept these) is read by a lenient reader of our own, every
+field byte kept as captured (the comment before _lenient_head says why
+no library does it).
+What still cannot be framed is skipped to the next start line and counted
+as a parser `Lost` on its connection. The body framing is ours
 because it depends on the request a response answers (RFC 9112 §6.3): a
 response to HEAD, a 1xx/204/304 and a 2xx to CONNECT have no body, and
 httptools, which never sees the request, desyncs after a HEAD response.
@@ -187,11 +193,12 @@ def _parse_head(head: bytes, is_request: bool) -> _Head | None:
 # Its lenient mode (httptools 0.9 `set_dangerous_leniencies`) accepts control
 # bytes in values only, and replaces an obs-fold by neither of the spaces
 # RFC 9112 §5.2 asks for (it keeps the HTAB); h11 is stricter than llhttp,
-# and http.client's parser is not sans-IO and loses the raw field order of
-# a repeated name. We observe; the peer may well have accepted what these
-# reject (nginx keeps a line without a colon as a field with an empty
-# value), so a head llhttp rejects is read by the small reader below:
-# every byte of a field kept as captured, framing decided by RFC 9112 §6.3.
+# and the stdlib's http.client reads heads from a blocking file, not
+# sans-IO. We observe; the peer may well have accepted what these reject
+# (nginx's ngx_http_parse_header_line ends a name at CR or LF as at a
+# colon, an empty value), so a head llhttp rejects is read by the small
+# reader below: every byte of a field kept as captured, framing decided by
+# RFC 9112 §6.3.
 
 _TCHAR = rb"!#$%&'*+.^_`|~0-9A-Za-z-"
 _LENIENT_REQUEST_LINE = re.compile(rb"([" + _TCHAR + rb"]+) +(.*?) +HTTP/(1\.[01])", re.DOTALL)
@@ -224,7 +231,7 @@ def _fields(lines: list[bytes]) -> Headers:
     §5.5). A name keeps whatever precedes its colon (whitespace included:
     RFC 9112 §5.1 lets no server frame by such a field, and a
     whitespace-preceded first line is likewise not folded, §2.2). A line
-    without a colon is a name with an empty value, as nginx reads it.
+    without a colon is a name with an empty value, as nginx reads one.
     """
     joined: list[bytes] = []
     for line in lines:
