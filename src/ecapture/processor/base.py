@@ -54,7 +54,8 @@ class BodyBuffer:
 
 
 def body_lost(info: ConnectionInfo, timestamp_ns: int, dropped: int) -> Lost:
-    """The Lost item for body bytes a parser did not keep."""
+    """The Lost item for bytes a parser did not keep (a body past its
+    limit) or could not frame (skipped until the next message start)."""
     return Lost(
         timestamp_ns=timestamp_ns, reason=LossReason.PARSER, records=0, bytes=dropped,
         pid=info.pid, comm=info.comm, conn_id=info.conn_id, fd=info.fd,

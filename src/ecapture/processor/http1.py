@@ -1,6 +1,12 @@
 """HTTP/1.x observed from outside: heads by httptools, framing by us.
 
-httptools (llhttp) parses and validates each head; the body framing is ours
+httptools (llhttp) parses and validates each head; a head it rejects (a
+control byte in a value, any byte in a name, an obs-fold, a bare LF: real
+peers send and accept these) is read by a lenient reader of our own, every
+field byte kept as captured (the comment before _lenient_head says why
+no library does it).
+What still cannot be framed is skipped to the next start line and counted
+as a parser `Lost` on its connection. The body framing is ours
 because it depends on the request a response answers (RFC 9112 §6.3): a
 response to HEAD, a 1xx/204/304 and a 2xx to CONNECT have no body, and
 httptools, which never sees the request, desyncs after a HEAD response.
@@ -93,7 +99,10 @@ class _Head(msgspec.Struct, frozen=True, gc=False):
     transfer_encoding: bytes | None
     # what framing needs, worked out once per distinct head
     chunked: bool
-    content_length: int | None  # None when absent or not a number
+    content_length: int | None  # None when absent (or invalid: see bad_length)
+    # RFC 9112 §6.3 item 5: differing or non-numeric Content-Length values
+    bad_length: bool
+    size: int  # bytes of the head, its blank line included
 
 
 class _HeadReader:
@@ -157,7 +166,7 @@ def _parse_head(head: bytes, is_request: bool) -> _Head | None:
     except (httptools.HttpParserUpgrade, httptools.HttpParserError):
         pass
     if not reader.done:
-        return None
+        return _lenient_head(head, is_request)
     version: str = parser.get_http_version()
     if isinstance(parser, httptools.HttpRequestParser):
         method, status = parser.get_method().decode("latin-1"), 0
@@ -174,7 +183,129 @@ def _parse_head(head: bytes, is_request: bool) -> _Head | None:
         headers=tuple(reader.header_list), transfer_encoding=encoding,
         chunked=encoding is not None and _transfer_chunked(encoding),
         content_length=int(length) if length is not None and length.isdigit() else None,
+        bad_length=length is not None and not length.isdigit(), size=len(head),
     )
+
+
+# llhttp is strict by default, as a server must be: it rejects a control
+# byte (ESC, NUL, DEL...) in a value, any byte outside tchar in a name, a
+# bare LF, whitespace before a colon, a repeated or listed Content-Length.
+# Its lenient mode (httptools 0.9 `set_dangerous_leniencies`) accepts control
+# bytes in values only, and replaces an obs-fold by neither of the spaces
+# RFC 9112 §5.2 asks for (it keeps the HTAB); h11 is stricter than llhttp,
+# and the stdlib's http.client reads heads from a blocking file, not
+# sans-IO. We observe; the peer may well have accepted what these reject
+# (nginx's ngx_http_parse_header_line ends a name at CR or LF as at a
+# colon, an empty value), so a head llhttp rejects is read by the small
+# reader below: every byte of a field kept as captured, framing decided by
+# RFC 9112 §6.3.
+
+_TCHAR = rb"!#$%&'*+.^_`|~0-9A-Za-z-"
+_LENIENT_REQUEST_LINE = re.compile(rb"([" + _TCHAR + rb"]+) +(.*?) +HTTP/(1\.[01])", re.DOTALL)
+_LENIENT_STATUS_LINE = re.compile(rb"HTTP/(1\.[01]) ([0-9]{3})(?: (.*))?", re.DOTALL)
+_BLANK_LINE = re.compile(rb"\n\r?\n")  # the end of a head whose lines may end in a bare LF
+
+
+def _head_lines(data: bytes) -> tuple[list[bytes], int] | None:
+    """The lines of the head `data` opens and the head's size; None when it
+    has no blank line. A line ends at LF, one CR before it is dropped (RFC
+    9112 §2.2); any other byte, a lone CR included, stays in the line."""
+    lines: list[bytes] = []
+    pos = 0
+    while True:
+        newline = data.find(b"\n", pos)
+        if newline < 0:
+            return None
+        line = data[pos : newline - 1 if data[newline - 1 : newline] == b"\r" else newline]
+        pos = newline + 1
+        if not line:
+            return lines, pos
+        lines.append(line)
+
+
+def _fields(lines: list[bytes]) -> Headers:
+    """Field lines as (name, value), every byte kept but the syntax around them.
+
+    An obs-fold becomes one SP after what the line before kept (RFC 9112
+    §5.2; what h11 does); a value loses its surrounding SP/HTAB (RFC 9110
+    §5.5). A name keeps whatever precedes its colon (whitespace included:
+    RFC 9112 §5.1 lets no server frame by such a field, and a
+    whitespace-preceded first line is likewise not folded, §2.2). A line
+    without a colon is a name with an empty value, as nginx reads one.
+    """
+    joined: list[bytes] = []
+    for line in lines:
+        if (line[0] == 0x20 or line[0] == 0x09) and joined:
+            joined[-1] += b" " + line.lstrip(b" \t")
+        else:
+            joined.append(line)
+    fields = []
+    for line in joined:
+        name, _, value = line.partition(b":")
+        fields.append((name, value.strip(b" \t")))
+    return tuple(fields)
+
+
+def _lenient_head(head: bytes, is_request: bool) -> _Head | None:
+    """Read a head llhttp rejected; None when its start line is not HTTP/1."""
+    found = _head_lines(head)
+    if found is None or not found[0]:
+        return None
+    lines, size = found
+    if is_request:
+        start = _LENIENT_REQUEST_LINE.fullmatch(lines[0])
+        if start is None or not start[2]:
+            return None
+        method, target, version, status, reason = start[1], start[2], start[3], 0, b""
+    else:
+        start = _LENIENT_STATUS_LINE.fullmatch(lines[0])
+        if start is None:
+            return None
+        method, target, version = b"", b"", start[1]
+        status, reason = int(start[2]), start[3] or b""
+    headers = _fields(lines[1:])
+    lengths: list[bytes] = []
+    encoding = host = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            lengths.append(value)
+        elif lowered == b"transfer-encoding":
+            encoding = value if encoding is None else encoding + b", " + value
+        elif lowered == b"host":
+            host = value
+    content_length, bad_length = _content_length(lengths)
+    return _Head(
+        method=method.decode("latin-1"), target=target.decode("latin-1"),
+        authority=host.decode("latin-1") if host is not None else None,
+        status=status, reason=reason.decode("latin-1"),
+        version="HTTP/" + version.decode("ascii"), headers=headers,
+        transfer_encoding=encoding,
+        chunked=encoding is not None and _transfer_chunked(encoding),
+        content_length=content_length, bad_length=bad_length, size=size,
+    )
+
+
+def _content_length(values: list[bytes]) -> tuple[int | None, bool]:
+    """(length, invalid) of a message's Content-Length fields.
+
+    RFC 9112 §6.3 item 5 and RFC 9110 §8.6: repeated fields or a list are
+    one length when every element is the same number; otherwise (differing
+    numbers, anything but digits, no number at all) the framing is invalid:
+    a server must answer 400 and close, a client must discard the
+    response. Either way the peer reads no body; we report the head and
+    count what follows it as lost (Http1Parser._unframed).
+    """
+    if not values:
+        return None, False
+    numbers = {
+        element.strip(b" \t") for value in values for element in value.split(b",")
+    } - {b""}  # empty list elements are ignored (RFC 9110 §5.6.1)
+    if len(numbers) == 1:
+        (number,) = numbers
+        if number.isdigit():
+            return int(number), False
+    return None, True
 
 
 # Clients and servers repeat their heads byte for byte (a load generator's
@@ -238,14 +369,15 @@ class _Exchange(msgspec.Struct, gc=False, eq=False):
     request_done: bool = False
     response_done: bool = False
     informational: tuple[int, ...] = ()  # 1xx statuses: rare, so no list
+    unframed: bool = False  # a body whose length could not be known: never complete
 
 
 class _Side:
     """One direction: its buffer, framing state and the message it reads."""
 
     __slots__ = (
-        "buffer", "is_client", "message", "mode", "read_cached_head", "remaining",
-        "resync_reason",
+        "buffer", "counting", "is_client", "message", "mode", "read_cached_head", "remaining",
+        "resync_reason", "skipped",
     )
 
     def __init__(self, is_client: bool) -> None:
@@ -256,23 +388,29 @@ class _Side:
         self.remaining = 0
         self.message: _Message | None = None
         self.resync_reason = "desync"
+        # bytes skipped while resynchronising; `counting` when they are the
+        # parser's loss (not a mid-stream start or a gap, reported as such)
+        self.counting = False
+        self.skipped = 0
 
-    def resync(self, reason: str) -> None:
+    def resync(self, reason: str, counting: bool = False) -> None:
         self.mode = _MODE_RESYNC
         self.resync_reason = reason
         self.buffer.clear()
         self.message = None
         self.remaining = 0
+        self.counting = counting
+        self.skipped = 0
 
 
-def _parse_trailers(block: bytes) -> Headers:
-    """Trailer fields (RFC 9112 §7.1.2) have the syntax of header fields."""
-    fields = []
-    for line in block.split(b"\n"):
-        name, colon, value = line.rstrip(b"\r").partition(b":")
-        if colon and name and not name[-1:].isspace():
-            fields.append((name, value.strip(b" \t")))
-    return tuple(fields)
+def _skip_empty_lines(buffer: bytes | bytearray, pos: int) -> int:
+    while True:
+        if buffer.startswith(b"\r\n", pos):
+            pos += 2
+        elif buffer.startswith(b"\n", pos):
+            pos += 1
+        else:
+            return pos
 
 
 def _transfer_chunked(value: bytes) -> bool:
@@ -335,14 +473,30 @@ class Http1Parser:
     def gap(self, event: TlsData, out: list[ProcessorItem]) -> None:
         self._flush_all(event.timestamp_ns, out)
         if self._client.mode is not _MODE_TUNNEL:
-            self._client.resync("desync")
-            self._server.resync("desync")
+            for side in (self._client, self._server):
+                self._report_skipped(side, event.timestamp_ns, out)
+                side.resync("desync")
 
     def finish(self, timestamp_ns: int, closed: bool, out: list[ProcessorItem]) -> None:
         server = self._server
         if closed and server.mode is _MODE_UNTIL_CLOSE and server.message is not None:
             self._response_done(server.message, timestamp_ns, out)
         self._flush_all(timestamp_ns, out)
+        for side in (self._client, self._server):
+            mode = side.mode
+            if mode is _MODE_RESYNC:
+                self._report_skipped(side, timestamp_ns, out)
+            elif mode is not _MODE_TUNNEL and side.buffer.strip(b"\r\n"):
+                # a head (or chunk line) cut by the end: shown nowhere else
+                out.append(body_lost(self.info, timestamp_ns, len(side.buffer)))
+                side.buffer.clear()
+
+    def _report_skipped(self, side: _Side, timestamp_ns: int, out: list[ProcessorItem]) -> None:
+        """The bytes a desync made the parser skip, as one Lost item."""
+        if side.counting and side.skipped > 0:
+            out.append(body_lost(self.info, timestamp_ns, side.skipped))
+        side.counting = False
+        side.skipped = 0
 
     # -- parsing ---------------------------------------------------------------
 
@@ -358,6 +512,7 @@ class Http1Parser:
         buffer = side.buffer
         carried = len(buffer)
         buffer += data
+        side.skipped += len(data)
         match = None
         if START_MARKER in buffer:
             pattern = REQUEST_START if side.is_client else RESPONSE_START
@@ -371,6 +526,8 @@ class Http1Parser:
             return False
         if report and match.start() > carried:
             out.append(Unparsed(event, side.resync_reason))
+        side.skipped -= len(buffer) - match.start()  # these are parsed again
+        self._report_skipped(side, event.timestamp_ns, out)
         del buffer[: match.start()]
         side.mode = _MODE_HEAD
         return True
@@ -387,28 +544,33 @@ class Http1Parser:
         while pos < size:
             mode = side.mode
             if mode is _MODE_HEAD:
-                if buffer[pos] == 0x0D:  # RFC 9112 §2.2: skip empty lines before a start
-                    while buffer.startswith(b"\r\n", pos):
-                        pos += 2
-                end = buffer.find(b"\r\n\r\n", pos)
-                if end < 0:
-                    if size - pos > MAX_HEAD_BYTES:
-                        return self._desync(side, buffer, pos, event, out)
-                    break
-                head = bytes(buffer[pos : end + 4])
+                if buffer[pos] <= 0x0D:  # RFC 9112 §2.2: skip empty lines before a start
+                    pos = _skip_empty_lines(buffer, pos)
+                end = buffer.find(b"\r\n\r\n", pos) + 4
+                if end < 4:
+                    # lines may end in a bare LF (RFC 9112 §2.2); when one
+                    # ends a head before a CRLF CRLF, llhttp rejects that
+                    # head and _lenient_head finds where it really ends
+                    blank = _BLANK_LINE.search(buffer, pos)
+                    if blank is None:
+                        if size - pos > MAX_HEAD_BYTES:
+                            return self._desync(side, buffer, pos, event, out)
+                        break
+                    end = blank.end()
+                head = bytes(buffer[pos:end])
                 parsed = (
                     side.read_cached_head(head) if len(head) <= MAX_CACHED_HEAD
                     else _parse_head(head, side.is_client)
                 )
                 if parsed is None:
                     return self._desync(side, buffer, pos, event, out)
+                pos += parsed.size
                 if side.is_client:
-                    ok = self._request_head(side, _Message(parsed), event, out)
+                    framed = self._request_head(side, _Message(parsed), event, out)
                 else:
-                    ok = self._response_head(side, _Message(parsed), event, out)
-                if not ok:
-                    return self._desync(side, buffer, pos, event, out)
-                pos = end + 4
+                    framed = self._response_head(side, _Message(parsed), event, out)
+                if not framed:
+                    return self._unframed(side, buffer, pos, event, out)
             elif mode is _MODE_LENGTH:
                 take = min(side.remaining, size - pos)
                 self._body(side, buffer, pos, take)
@@ -449,17 +611,21 @@ class Http1Parser:
             elif mode is _MODE_TRAILERS:
                 if buffer.startswith(b"\r\n", pos):
                     pos += 2
+                elif buffer[pos] == 0x0A:  # a bare LF (RFC 9112 §2.2)
+                    pos += 1
                 elif size - pos < 2:
                     break
                 else:
-                    end = buffer.find(b"\r\n\r\n", pos)
-                    if end < 0:
+                    # trailer fields have the syntax of header fields (RFC 9112 §7.1.2)
+                    found = _head_lines(bytes(buffer[pos : pos + MAX_HEAD_BYTES]))
+                    if found is None:
                         if size - pos > MAX_HEAD_BYTES:
                             return self._desync(side, buffer, pos, event, out)
                         break
+                    lines, length = found
                     if side.message is not None:
-                        side.message.trailers = _parse_trailers(bytes(buffer[pos:end]))
-                    pos = end + 4
+                        side.message.trailers = _fields(lines)
+                    pos += length
                 self._message_done(side, event.timestamp_ns, out)
             elif mode is _MODE_UNTIL_CLOSE:
                 self._body(side, buffer, pos, size - pos)
@@ -504,7 +670,24 @@ class Http1Parser:
         self._flush_all(event.timestamp_ns, out)
         line_end = buffer.find(b"\n", pos)
         rest = buffer[line_end + 1 :] if line_end >= 0 else b""
-        side.resync("desync")
+        skipped = len(buffer) - pos
+        side.resync("desync", counting=True)
+        side.skipped = skipped  # the bad line and what follows, until a start
+        side.buffer += rest
+        return True
+
+    def _unframed(
+        self, side: _Side, buffer: bytes | bytearray, pos: int, event: TlsData,
+        out: list[ProcessorItem],
+    ) -> bool:
+        """The head before `pos` was read but its body cannot be framed (RFC
+        9112 §6.3 items 4-5): its exchange was kept (pairing holds: the peer
+        answers or closes); the bytes from `pos` to the next start are lost."""
+        rest = buffer[pos:]
+        if rest:
+            out.append(Unparsed(event, "desync"))
+        side.resync("desync", counting=True)
+        side.skipped = len(rest)
         side.buffer += rest
         return True
 
@@ -522,8 +705,10 @@ class Http1Parser:
         if head.transfer_encoding is not None:
             if not head.chunked:
                 # RFC 9112 §6.3 item 4: a request's length cannot be known
-                return False
+                return self._no_framing(side, exchange, event.timestamp_ns, out)
             side.mode = _MODE_CHUNK_SIZE
+        elif head.bad_length:  # RFC 9112 §6.3 item 5
+            return self._no_framing(side, exchange, event.timestamp_ns, out)
         elif length:  # neither None nor 0
             side.mode = _MODE_LENGTH
             side.remaining = length
@@ -570,9 +755,20 @@ class Http1Parser:
                 self._message_done(side, event.timestamp_ns, out)
             else:
                 side.mode = _MODE_LENGTH
+        elif head.transfer_encoding is None and head.bad_length:  # RFC 9112 §6.3 item 5
+            return self._no_framing(side, exchange, event.timestamp_ns, out)
         else:
             side.mode = _MODE_UNTIL_CLOSE  # RFC 9112 §6.3 item 8
         return True
+
+    def _no_framing(
+        self, side: _Side, exchange: _Exchange, timestamp_ns: int, out: list[ProcessorItem]
+    ) -> bool:
+        """The message just read has a head but no knowable body: it ends
+        here, its exchange is marked incomplete; False for the caller."""
+        exchange.unframed = True
+        self._message_done(side, timestamp_ns, out)
+        return False
 
     # -- pairing ---------------------------------------------------------------
 
@@ -610,7 +806,9 @@ class Http1Parser:
             if not (exchange.request_done and exchange.response_done):
                 return
             exchanges.popleft()
-            self._emit(exchange, timestamp_ns, exchange.request is not None, out)
+            self._emit(
+                exchange, timestamp_ns, exchange.request is not None and not exchange.unframed, out
+            )
 
     def _emit_oldest_unanswered(self, timestamp_ns: int, out: list[ProcessorItem]) -> None:
         """Bound memory when responses never come: give the oldest up.

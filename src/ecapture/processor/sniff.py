@@ -18,12 +18,13 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # when resynchronising. Any token may open a line; the common methods also
 # match right after other bytes, because after a gap the next message often
 # follows the unseen tail of a body on the same "line".
-_TARGET_AND_VERSION = rb" [^\x00-\x20\x7f]{1,65536} HTTP/1\.[01]\r\n"
+# A line may end in a bare LF (RFC 9112 §2.2: a recipient MAY accept one).
+_TARGET_AND_VERSION = rb" [^\x00-\x20\x7f]{1,65536} HTTP/1\.[01]\r?\n"
 _REQUEST_LINE = (
     rb"(?:^[A-Z][A-Z0-9_-]{0,31}|(?<![A-Z])(?:GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT))"
     + _TARGET_AND_VERSION
 )
-_STATUS_LINE = rb"HTTP/1\.[01] [0-9]{3}(?: [^\r\n]{0,1024})?\r\n"
+_STATUS_LINE = rb"HTTP/1\.[01] [0-9]{3}(?: [^\r\n]{0,1024})?\r?\n"
 
 REQUEST_START = re.compile(rb"(?m)" + _REQUEST_LINE)
 RESPONSE_START = re.compile(_STATUS_LINE)

@@ -8,7 +8,8 @@ scenario beside this script.
 
     .venv/bin/python tests/data/processor/record_streams.py [--only NAME]
 
-Servers/clients: Python http.server + http.client, a raw pipelining socket,
+Servers/clients: Python http.server + http.client (and curl sending control
+bytes in a header, answered with an ESC in one), a raw pipelining socket,
 the h2 library on both ends (3 concurrent streams, gRPC unary), and, when
 installed, curl against nginx (HTTP/1.1) and nghttp against nginx (HTTP/2 prior
 knowledge).
@@ -136,6 +137,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 piece = payload[start : start + 100]
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             self.wfile.write(b"0\r\nX-Checksum: abc123\r\n\r\n")
+            return
+        if self.path == "/esc":
+            # control bytes in values, both ways: http.server sends what it is
+            # given (latin-1), and echoes what the client sent
+            reply = b"escaped\n"
+            self.send_response(200)
+            self.send_header("X-Esc", "\x1b[31mred\x1b[0m")
+            self.send_header("X-Echo-Ctl", self.headers.get("X-Ctl", ""))
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
             return
         if self.path == "/no-content":
             self.send_response(204)
@@ -381,12 +393,24 @@ def nghttp_h2(port: int) -> list[str]:
     return ["nghttp", "-n", f"{base}/small.txt", f"{base}/index.html", f"{base}/big.txt"]
 
 
+def curl_hostile(port: int) -> None:
+    """curl sends control bytes in a request header as given (-H); --next
+    reuses the connection, so the second exchange shows the parser in sync."""
+    if not shutil.which("curl"):
+        raise SystemExit("curl is needed for h1_hostile_headers")
+    base = f"http://127.0.0.1:{port}"
+    subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", "X-Ctl: a\x01b\x7f\x1b[0m",
+                    f"{base}/esc", "--next", "-o", "/dev/null", f"{base}/after"],
+                   check=True, timeout=TIMEOUT_S)
+
+
 SCENARIOS: dict[str, Callable[[], list[list[tuple[str, bytes]]]]] = {
     "h1_keepalive": lambda: with_http_server(h1_keepalive),
     "h1_chunked_gzip": lambda: with_http_server(h1_chunked_gzip),
     "h1_head_then_get": lambda: with_http_server(h1_head_then_get),
     "h1_status_codes": lambda: with_http_server(h1_status_codes),
     "h1_pipelined": lambda: with_http_server(h1_pipelined),
+    "h1_hostile_headers": lambda: with_http_server(curl_hostile),
     "h2_three_streams": lambda: with_h2(grpc=False),
     "h2_grpc_unary": lambda: with_h2(grpc=True),
     "curl_nginx_h1": lambda: with_nginx(curl_h1, http2=False),

@@ -6,12 +6,15 @@ any change to a byte of the JSON contract or of the text layout fails here.
 The cases cover every branch of the body and header handling: decoded
 codings, bodies that cannot decode, binary bodies, -t cuts (including one
 that splits a UTF-8 character), trailers, gRPC, HTTP/2, missing sides,
-header bytes outside ASCII, and unknown or IPv6 endpoints.
+header bytes outside ASCII (and a recorded exchange with control bytes and
+ESC in its headers, parsed from the capture), and unknown or IPv6 endpoints.
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
+import json
 import zlib
 from datetime import UTC
 from pathlib import Path
@@ -19,15 +22,17 @@ from pathlib import Path
 import brotli
 import pytest
 
-from ecapture.events import Endpoint
+from ecapture.events import Direction, Endpoint, TlsData
 from ecapture.output.jsonl import JsonLinesWriter
 from ecapture.output.text import TextWriter
 from ecapture.processor.model import HttpExchange
+from ecapture.processor.tracker import ConnectionTracker
 
 from . import factories
 from .conftest import MemorySink
 
 GOLDEN = Path(__file__).parent / "golden"
+RECORDINGS = Path(__file__).resolve().parents[2] / "data" / "processor"
 TEXT = "héllo wörld, \"quoted\" \\ back\tslash\n" * 4
 GZIPPED = gzip.compress(TEXT.encode(), mtime=0)  # mtime=0: the same bytes every run
 
@@ -43,6 +48,26 @@ def _wrk_like() -> HttpExchange:
                      (b"Content-Type", b"application/octet-stream"),
                      (b"Content-Length", b"2"), (b"Connection", b"keep-alive"))),
     )
+
+
+def _recorded_escapes() -> HttpExchange:
+    """The first exchange of a real capture: curl sent `-H $'X-Ctl:
+    a\\x01b\\x7f\\x1b[0m'`, Python's http.server answered with an ESC in X-Esc
+    and echoed X-Ctl (tests/data/processor/record_streams.py)."""
+    document = json.loads((RECORDINGS / "h1_hostile_headers.json").read_text())
+    tracker = ConnectionTracker()
+    found = []
+    for index, (direction, payload) in enumerate(document["chunks"]):
+        data = base64.b64decode(payload)
+        found += [item for item in tracker.feed(TlsData(
+            timestamp_ns=1_000 + index, pid=4242, tid=4242, uid=1000, comm="curl", conn_id=7,
+            fd=5, direction=Direction.SEND if direction == "send" else Direction.RECV,
+            call_id=index, call_len=len(data), offset=0, data=data, last_chunk=True,
+            truncated=False, local=Endpoint("127.0.0.1", 40000),
+            remote=Endpoint("127.0.0.1", 8443), lost_records=0, lost_bytes=0,
+        )) if isinstance(item, HttpExchange)]
+    assert len(found) == 2
+    return found[0]
 
 
 def _encoded(coding: bytes, body: bytes, **overrides: object) -> HttpExchange:
@@ -109,6 +134,7 @@ CASES: list[tuple[str, HttpExchange, int]] = [
     ("non-UTF-8 comm and reason", factories.exchange(
         connection=factories.connection(comm="x\ufffdy"),
         response=factories.response(reason="Ünknown\x1b")), 0),
+    ("recorded control bytes and ESC in headers", _recorded_escapes(), 0),
 ]
 
 # Cases also pinned with colour on (status colours, dim notes, warnings).

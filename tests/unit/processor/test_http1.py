@@ -273,15 +273,22 @@ def test_joined_mid_stream_start_line_split_across_events() -> None:
 
 
 def test_garbage_head_desyncs_then_recovers() -> None:
+    garbage = b"\x00\x01 not a request line\r\n\r\n"
     chunks = [
-        (SEND, b"GET / HTTP/1.1\r\nBad Header\x00: x\r\n\r\n"),
-        (SEND, b"GET /next HTTP/1.1\r\n\r\n"),
+        (SEND, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+        (RECV, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        (SEND, garbage + b"GET /next HTTP/1.1\r\n\r\n"),
         (RECV, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
     ]
     items = run(chunks)
     got = exchanges(items)
-    assert got[-1].complete and got[-1].request is not None and got[-1].request.target == "/next"
+    assert [e.request.target for e in got if e.request is not None] == ["/", "/next"]
+    assert len(got) == 2 and all(e.complete for e in got)
     assert any(isinstance(item, Unparsed) and item.reason == "desync" for item in items)
+    # what could not be framed is counted, on its connection
+    (lost,) = [item for item in items if isinstance(item, Lost)]
+    assert lost.reason is LossReason.PARSER and lost.bytes == len(garbage)
+    assert (lost.conn_id, lost.fd) == (got[0].connection.conn_id, got[0].connection.fd)
 
 
 def test_gzip_response_decodes_for_display() -> None:

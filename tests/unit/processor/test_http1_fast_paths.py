@@ -26,7 +26,7 @@ from .factories import RECV, SEND, conn_close, recording, tls_data
 
 H1_RECORDINGS = [
     "h1_keepalive", "h1_chunked_gzip", "h1_head_then_get", "h1_status_codes", "h1_pipelined",
-    "curl_nginx_h1",
+    "curl_nginx_h1", "h1_hostile_headers",
 ]
 Stream = list[tuple[Direction, bytes]]
 
@@ -146,9 +146,13 @@ def test_memoised_head_equals_a_fresh_parse() -> None:
         (b"GET /a HTTP/1.1\r\nHost: example.test\r\nAccept: */*\r\n\r\n", True, True),
         (b"POST / HTTP/1.0\r\nContent-Length: 3\r\n\r\n", True, True),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", True, True),
-        # both framings at once: refused (RFC 9112 §6.3 item 3, llhttp)
+        # both framings at once: llhttp refuses it; Transfer-Encoding frames
+        # it (RFC 9112 §6.3 item 3), read by the lenient reader
         (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-         True, False),
+         True, True),
+        # a control byte in a value, a name llhttp refuses, a bare LF
+        (b"GET / HTTP/1.1\r\nX-Esc: a\x1bb\r\nX(y): z\r\n\r\n", True, True),
+        (b"HTTP/1.1 200 OK\nX-Esc: \x1b[31m\n\n", False, True),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Y: z \r\n\r\n", False, True),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", False, True),
         (b"NOT A HEAD\r\n\r\n", True, False),
