@@ -13,7 +13,8 @@ ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 # Build tools and the real programs the tests and benchmarks drive (TARGETS.md).
 APT_PACKAGES := clang llvm libbpf-dev bpftool make curl openssl ca-certificates \
 	nginx nghttp2-server nghttp2-client wrk bpftrace bpfcc-tools \
-	android-libboringssl android-boringssl procps gcc binutils util-linux libssl-dev libnghttp2-14 jq
+	android-libboringssl android-boringssl procps gcc binutils util-linux libssl-dev libnghttp2-14 jq \
+	zsh sqlite3 postgresql-client-15
 STAMP_APT := $(BUILD)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 STAMP_VENV := $(VENV)/.installed
 
@@ -56,7 +57,7 @@ $(BUILD)/tests/%.bpf.o: tests/bpf/%.bpf.c bpf/events.h $(BUILD)/vmlinux.h
 test-bpf: $(TEST_BPF_OBJECTS)
 
 bpf: $(BPF_OBJECTS)
-$(OBJDIR)/%.bpf.o: bpf/%.bpf.c bpf/events.h $(BUILD)/vmlinux.h
+$(OBJDIR)/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h) $(BUILD)/vmlinux.h
 	@mkdir -p $(OBJDIR)
 	$(CLANG) -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \
 		-I$(BUILD) -Ibpf -c $< -o $@

@@ -85,3 +85,73 @@ enum stat_index {
 };
 
 #endif
+
+/* ---- shell commands: bpf/bash.bpf.c, bpf/zsh.bpf.c (ecapture bash, zsh) ----
+ * Their own header, not struct record_header: a line has no connection.
+ * Every record still starts with its kind, so one stream stays decodable. */
+#ifndef ECAPTURE_SHELL_EVENTS_H
+#define ECAPTURE_SHELL_EVENTS_H
+
+/* A line longer than this is cut, flagged and counted; power of two so that
+ * masking bounds the length for the verifier. */
+#define MAX_LINE_SIZE 4096
+#define TTY_NAME_SIZE 64	/* struct tty_struct name[64] */
+/* Files one shell object hooks at most (the shell, readline libraries). */
+#define MAX_SHELL_TARGETS 8
+
+enum shell_record_kind {
+	RECORD_SHELL_LINE = 16,		/* struct shell_line_event */
+	RECORD_SHELL_STATUS = 17,	/* struct shell_status_event */
+};
+
+/* Who read a line; the attach cookie carries it with the target index. */
+enum line_source {
+	LINE_SOURCE_BASH = 1,		/* bash's built-in readline */
+	LINE_SOURCE_ZSH = 2,		/* zsh's line editor (zleentry) */
+	LINE_SOURCE_READLINE = 3,	/* libreadline.so in another program */
+};
+
+/* flags of struct shell_line_event */
+#define LINE_FLAG_CONTINUATION	(1 << 0)	/* read to complete a command begun earlier */
+#define LINE_FLAG_POSITION	(1 << 1)	/* the shell said first line or continuation */
+#define LINE_FLAG_TRUNCATED	(1 << 2)	/* longer than MAX_LINE_SIZE - 1: cut */
+
+struct shell_header {
+	__u32 kind;		/* enum shell_record_kind */
+	__u32 pid;		/* tgid */
+	__u32 tid;
+	__u32 uid;
+	__u64 timestamp_ns;	/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	char comm[TASK_COMM_LEN];
+};
+
+struct shell_line_event {
+	struct shell_header header;
+	char tty[TTY_NAME_SIZE];	/* the controlling terminal's name, "" when none */
+	__u8 source;		/* enum line_source */
+	__u8 flags;		/* LINE_FLAG_* */
+	__u16 _pad0;
+	__u32 line_len;		/* bytes in line[], no NUL */
+	char line[MAX_LINE_SIZE];	/* only line_len bytes are submitted */
+};
+
+/* A command finished: bash's outermost execute_command returned, or zsh
+ * came back to its primary prompt (lastval then holds the status). */
+struct shell_status_event {
+	struct shell_header header;
+	__u8 source;		/* enum line_source */
+	__u8 _pad0[3];
+	__s32 status;		/* the exit status, as $? shows it */
+};
+
+/* Indexes of the per-CPU "stats" array of the shell objects. */
+enum shell_stat_index {
+	SHELL_STAT_RECORDS = 0,			/* records submitted */
+	SHELL_STAT_RING_FULL_RECORDS = 1,	/* records lost: ring reservation failed */
+	SHELL_STAT_RING_FULL_BYTES = 2,		/* line bytes in those */
+	SHELL_STAT_TRUNCATED_LINES = 3,		/* lines cut at MAX_LINE_SIZE - 1 */
+	SHELL_STAT_READ_FAULTS = 4,		/* a user-memory read failed */
+	SHELL_STAT_MAX = 8,
+};
+
+#endif
