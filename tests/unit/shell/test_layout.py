@@ -1,0 +1,59 @@
+"""The formats of shell_events.py against the BTF of bash.bpf.o and zsh.bpf.o."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ecapture import shell_events
+
+OBJECTS = Path(__file__).resolve().parents[3] / "src/ecapture/objects"
+
+
+@pytest.fixture(scope="module", params=["bash.bpf.o", "zsh.bpf.o"])
+def btf_structs(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
+    path = OBJECTS / request.param
+    if not path.is_file():
+        pytest.skip(f"{path} is not built: run `make bpf`")
+    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
+    if not Path(bpftool).exists():
+        pytest.skip("bpftool is not installed (Debian package bpftool)")
+    dump = subprocess.run([bpftool, "-j", "btf", "dump", "file", str(path)],
+                          check=True, capture_output=True, timeout=30)
+    types = json.loads(dump.stdout)["types"]
+    return {t["name"]: t for t in types if t.get("kind") == "STRUCT" and t.get("name")}
+
+
+def offsets(struct_type: dict[str, Any]) -> dict[str, int]:
+    return {m["name"]: m["bits_offset"] // 8 for m in struct_type["members"]}
+
+
+def test_shell_header(btf_structs: dict[str, dict[str, Any]]) -> None:
+    header = btf_structs["shell_header"]
+    assert header["size"] == shell_events.SHELL_HEADER.size
+    assert offsets(header) == {
+        "kind": 0, "pid": 4, "tid": 8, "uid": 12, "timestamp_ns": 16, "comm": 24,
+    }
+
+
+def test_shell_line_event(btf_structs: dict[str, dict[str, Any]]) -> None:
+    event = btf_structs["shell_line_event"]
+    base = shell_events.SHELL_HEADER.size
+    assert offsets(event) == {
+        "header": 0, "tty": base, "source": base + 64, "flags": base + 65,
+        "_pad0": base + 66, "line_len": base + 68, "line": shell_events.LINE_HEADER_SIZE,
+    }
+    assert event["size"] == shell_events.LINE_HEADER_SIZE + shell_events.MAX_LINE_SIZE
+
+
+def test_shell_status_event(btf_structs: dict[str, dict[str, Any]]) -> None:
+    event = btf_structs["shell_status_event"]
+    base = shell_events.SHELL_HEADER.size
+    assert event["size"] == shell_events.STATUS_SIZE
+    assert offsets(event) == {"header": 0, "source": base, "_pad0": base + 1,
+                              "status": base + 4}
