@@ -7,13 +7,19 @@ never close the sink they were given: whoever opened it closes it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Protocol
 
 from ecapture.events import ConnClose, Lost, TlsData
 from ecapture.processor.model import HttpExchange, Unparsed
 
+# The TLS module's items; a writer takes any item that has a renderer
+# registered for its format (output/render.py).
 OutputItem = TlsData | ConnClose | Lost | HttpExchange | Unparsed
+
+log = logging.getLogger(__name__)
+_UNRENDERABLE_LOGGED: set[tuple[str, type]] = set()
 
 
 @dataclass(slots=True)
@@ -32,7 +38,7 @@ class CutCount:
 class Writer(Protocol):
     cut: CutCount
 
-    def write(self, item: OutputItem) -> None: ...
+    def write(self, item: object) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -45,3 +51,13 @@ class Sink(Protocol):
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def unrenderable(writer: object, item: object) -> None:
+    """An item with no renderer for this writer: a module's bug (the module
+    checks its event types at init), said once per type and writer kind."""
+    key = (type(writer).__name__, type(item))
+    if key not in _UNRENDERABLE_LOGGED:
+        _UNRENDERABLE_LOGGED.add(key)
+        log.error("%s has no renderer for %s items; they are not shown",
+                  key[0], type(item).__name__)

@@ -22,7 +22,7 @@ import msgspec
 
 from ecapture import __version__
 from ecapture.errors import EcaptureError
-from ecapture.output.base import CutCount, OutputItem
+from ecapture.output.base import CutCount
 from ecapture.output.content import exchange_url, header_value, header_values, view_body
 from ecapture.output.sinks import create_private_file, write_all
 from ecapture.processor.model import Headers, HttpExchange, HttpRequest, HttpResponse
@@ -211,7 +211,7 @@ class HarWriter:
         self._entries: list[Json] = []
         self._fd: int | None = create_private_file(path, "--har")
 
-    def write(self, item: OutputItem) -> None:
+    def write(self, item: object) -> None:  # HTTP exchanges only
         if isinstance(item, HttpExchange):
             self._entries.append(har_entry(item))
 

@@ -19,7 +19,7 @@ from typing import Literal
 import msgspec
 
 from ecapture.events import ConnClose, Direction, Endpoint, Lost, TlsData
-from ecapture.output.base import CutCount, OutputItem, Sink
+from ecapture.output.base import CutCount, Sink, unrenderable
 from ecapture.output.content import (
     DEFAULT_SCHEME,
     exchange_url,
@@ -27,6 +27,7 @@ from ecapture.output.content import (
     header_value,
     view_body,
 )
+from ecapture.output.render import JSON_RENDERERS, json_renderer
 from ecapture.processor.model import (
     ConnectionInfo,
     GrpcMessage,
@@ -166,7 +167,7 @@ class JsonLinesWriter:
         self.cut = CutCount()
         self._sink = sink
         self._tsize = tsize
-        self._pending: list[JsonEvent] = []
+        self._pending: list[msgspec.Struct] = []
         self._endpoint_texts: dict[Endpoint, str] = {}
         # head -> (its pairs as JSON, its Content-Encoding or None)
         self._heads: dict[Headers, tuple[msgspec.Raw, str | None]] = {}
@@ -175,30 +176,20 @@ class JsonLinesWriter:
         self._encoder = msgspec.json.Encoder()
         self._closed = False
 
-    def write(self, item: OutputItem) -> None:
-        event: JsonEvent
-        if type(item) is TlsData:
+    def write(self, item: object) -> None:
+        event: msgspec.Struct | None
+        if type(item) is TlsData:  # the hot paths first, then the registry
             event = self._data_event(item)
         elif type(item) is HttpExchange:
             event = self._http_event(item)
-        elif isinstance(item, Unparsed):
-            return
-        elif isinstance(item, HttpExchange):
-            event = self._http_event(item)
-        elif isinstance(item, ConnClose):
-            event = CloseEvent(
-                "close", self.module, item.timestamp_ns, item.pid, item.tid, item.comm,
-                item.uid, item.fd, item.conn_id,
-            )
-        elif isinstance(item, Lost):
-            event = LostEvent(
-                "lost", self.module, item.timestamp_ns, item.pid, None, item.comm, None,
-                item.reason.value, item.records, item.bytes, item.conn_id, item.fd,
-            )
-        elif isinstance(item, TlsData):  # a subclass: not expected, still written
-            event = self._data_event(item)
         else:
-            raise TypeError(f"JsonLinesWriter cannot write {type(item).__name__}")
+            render = JSON_RENDERERS.find(type(item))
+            if render is None:
+                unrenderable(self, item)
+                return
+            event = render(self, item)
+            if event is None:
+                return
         pending = self._pending
         pending.append(event)
         if len(pending) >= MAX_PENDING or self._pending_payload >= MAX_PENDING_PAYLOAD_BYTES:
@@ -358,3 +349,35 @@ class JsonLinesWriter:
             return
         self._closed = True
         self.flush()
+
+
+# The item types of the TLS module; other modules register theirs in their files.
+@json_renderer(TlsData)
+def _render_data(writer: JsonLinesWriter, item: TlsData) -> DataEvent:
+    return writer._data_event(item)
+
+
+@json_renderer(HttpExchange)
+def _render_http(writer: JsonLinesWriter, item: HttpExchange) -> HttpEvent:
+    return writer._http_event(item)
+
+
+@json_renderer(Unparsed)
+def _render_unparsed(writer: JsonLinesWriter, item: Unparsed) -> None:
+    return None  # its bytes already went out as "data" events
+
+
+@json_renderer(ConnClose)
+def _render_close(writer: JsonLinesWriter, item: ConnClose) -> CloseEvent:
+    return CloseEvent(
+        "close", writer.module, item.timestamp_ns, item.pid, item.tid, item.comm,
+        item.uid, item.fd, item.conn_id,
+    )
+
+
+@json_renderer(Lost)
+def _render_lost(writer: JsonLinesWriter, item: Lost) -> LostEvent:
+    return LostEvent(
+        "lost", writer.module, item.timestamp_ns, item.pid, None, item.comm, None,
+        item.reason.value, item.records, item.bytes, item.conn_id, item.fd,
+    )

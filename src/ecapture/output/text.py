@@ -15,8 +15,9 @@ import re
 from datetime import datetime, tzinfo
 
 from ecapture.events import ConnClose, Endpoint, Lost, TlsData
-from ecapture.output.base import CutCount, OutputItem, Sink
+from ecapture.output.base import CutCount, Sink, unrenderable
 from ecapture.output.content import exchange_url, header_value, view_body
+from ecapture.output.render import TEXT_RENDERERS, text_renderer
 from ecapture.processor.model import (
     GrpcMessage,
     Headers,
@@ -122,19 +123,14 @@ class TextWriter:
 
     # -- items -----------------------------------------------------------
 
-    def write(self, item: OutputItem) -> None:
-        if isinstance(item, HttpExchange):
-            self._pending.append(self._exchange(item))
-        elif isinstance(item, Unparsed):
-            self._pending.append(self._unparsed(item))
-        elif isinstance(item, Lost):
-            self._pending.append(self._lost(item))
-        elif isinstance(item, ConnClose):
-            self._pending.append(self._close(item))
-        elif isinstance(item, TlsData):
-            return  # shown through Unparsed or HttpExchange
-        else:
-            raise TypeError(f"TextWriter cannot write {type(item).__name__}")
+    def write(self, item: object) -> None:
+        render = TEXT_RENDERERS.find(type(item))
+        if render is None:
+            unrenderable(self, item)
+            return
+        text = render(self, item)
+        if text:
+            self._pending.append(text)
 
     def flush(self) -> None:
         if self._pending:
@@ -149,6 +145,14 @@ class TextWriter:
         self.flush()
 
     # -- formatting ------------------------------------------------------
+
+    def time_text(self, timestamp_ns: int) -> str:
+        """HH:MM:SS.micro in the writer's time zone (for renderers of other modules)."""
+        return self._time(timestamp_ns)
+
+    @property
+    def colors(self) -> Palette:
+        return self._colors
 
     def _time(self, timestamp_ns: int) -> str:
         seconds, nanoseconds = divmod(timestamp_ns, 1_000_000_000)
@@ -330,3 +334,29 @@ class TextWriter:
             f"{self._colors.dim}{self._time(item.timestamp_ns)} {item.comm} pid {item.pid} "
             f"fd {item.fd} conn {item.conn_id:#x} closed{lost}{self._colors.reset}\n"
         )
+
+
+# The item types of the TLS module; other modules register theirs in their files.
+@text_renderer(HttpExchange)
+def _render_exchange(writer: TextWriter, item: HttpExchange) -> str:
+    return writer._exchange(item)
+
+
+@text_renderer(Unparsed)
+def _render_unparsed(writer: TextWriter, item: Unparsed) -> str:
+    return writer._unparsed(item)
+
+
+@text_renderer(Lost)
+def _render_lost(writer: TextWriter, item: Lost) -> str:
+    return writer._lost(item)
+
+
+@text_renderer(ConnClose)
+def _render_close(writer: TextWriter, item: ConnClose) -> str:
+    return writer._close(item)
+
+
+@text_renderer(TlsData)
+def _render_data(writer: TextWriter, item: TlsData) -> str:
+    return ""  # shown through Unparsed or HttpExchange
