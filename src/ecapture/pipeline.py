@@ -16,15 +16,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ecapture.errors import DecodeError
-from ecapture.events import Clock, ConnClose, LossReason, Lost, Record, TlsData, decode_record
+from ecapture.events import Clock, ConnClose, LossReason, Lost, TlsData, decode_record
 from ecapture.output.base import Writer
+from ecapture.processor.interface import RecordProcessor
 from ecapture.processor.model import HttpExchange, ProcessorItem, Unparsed
 from ecapture.processor.tracker import ConnectionTracker
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_PARSER_ERRORS = 5
 
-Decoder = Callable[[bytes, Clock], Record]
+Decoder = Callable[[bytes, Clock], object]
 
 
 @dataclass(slots=True)
@@ -43,6 +44,8 @@ class PipelineCounters:
     http_exchanges: int = 0
     parser_errors: int = 0
     lost: dict[LossReason, LossTotals] = field(default_factory=dict)
+    # Items a module's processor produced, by type name ("Command": 3).
+    items: dict[str, int] = field(default_factory=dict)
 
     def add_loss(self, reason: LossReason, records: int, nbytes: int) -> None:
         totals = self.lost.setdefault(reason, LossTotals())
@@ -58,11 +61,13 @@ class Pipeline:
         writers: Sequence[Writer],
         *,
         tracker: ConnectionTracker | None = None,
+        processor: RecordProcessor | None = None,
         clock: Clock | None = None,
         decoder: Decoder = decode_record,
     ) -> None:
         self.writers = tuple(writers)
         self.tracker = tracker
+        self.processor = processor
         self.clock = clock or Clock()
         self.decoder = decoder
         self.counters = PipelineCounters()
@@ -84,9 +89,10 @@ class Pipeline:
             counters.records += 1
             if type(record) is TlsData:
                 self._data(record)
-            else:
-                assert isinstance(record, ConnClose)
+            elif type(record) is ConnClose:
                 self._close(record)
+            else:
+                self._record(record)
         self.flush()
 
     def _data(self, event: TlsData) -> None:
@@ -133,6 +139,29 @@ class Pipeline:
                               event.pid, event.conn_id)
             self._items(items)
 
+    def _record(self, record: object) -> None:
+        """A record of another module: through its processor, else written as it is."""
+        if self.processor is None:
+            for writer in self.writers:
+                writer.write(record)
+            return
+        try:
+            items = self.processor.feed(record)
+        except Exception:  # a processor bug must not stop the capture
+            items = ()
+            self.counters.parser_errors += 1
+            if self.counters.parser_errors <= MAX_LOGGED_PARSER_ERRORS:
+                log.exception("the processor failed on a %s record", type(record).__name__)
+        self._processed(items)
+
+    def _processed(self, items: Sequence[object]) -> None:
+        counts = self.counters.items
+        for item in items:
+            if not isinstance(item, Lost):
+                name = type(item).__name__
+                counts[name] = counts.get(name, 0) + 1
+        self._items(items)
+
     def _in_band_loss(self, event: TlsData | ConnClose) -> None:
         """Records of this connection the kernel could not queue, reported
         with its next record (or its close)."""
@@ -141,7 +170,7 @@ class Pipeline:
             pid=event.pid, comm=event.comm, conn_id=event.conn_id, fd=event.fd,
         ))
 
-    def _items(self, items: Sequence[ProcessorItem]) -> None:
+    def _items(self, items: Sequence[ProcessorItem | object]) -> None:
         for item in items:
             if isinstance(item, Lost):
                 self._lost(item)
@@ -166,6 +195,9 @@ class Pipeline:
         if self.tracker is not None:
             self._items(self.tracker.expire(now_ns))
             self.flush()
+        if self.processor is not None:
+            self._processed(self.processor.expire(now_ns))
+            self.flush()
 
     def _report_cuts(self) -> None:
         """Payloads cut by -t: flagged on each event, summed here once.
@@ -187,6 +219,8 @@ class Pipeline:
         try:
             if self.tracker is not None:
                 self._items(self.tracker.flush())
+            if self.processor is not None:
+                self._processed(self.processor.flush())
             self._report_cuts()
             self.flush()
         finally:

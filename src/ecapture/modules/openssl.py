@@ -260,3 +260,11 @@ class OpensslModule(Module):
 
     def make_tracker(self) -> ConnectionTracker | None:
         return ConnectionTracker()
+
+    def summary_counts(self) -> str:
+        pipeline = self._pipeline
+        if pipeline is None:
+            return ""
+        counters = pipeline.counters
+        return (f"{counters.data_bytes} payload bytes, {counters.http_exchanges} http exchanges, "
+                f"{counters.connections_closed} connections closed")

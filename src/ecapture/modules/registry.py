@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import pkgutil
 from collections.abc import Callable
 
 from ecapture.errors import RegistryError
 from ecapture.modules.base import Module
 
+# Capture modules of other packages: an entry point in this group names a
+# Python module that registers its classes with @register when imported.
+ENTRY_POINT_GROUP = "ecapture.modules"
 MODULES: dict[str, type[Module]] = {}
 ALIASES: dict[str, str] = {}
 
@@ -30,15 +34,23 @@ def register(name: str, *aliases: str) -> Callable[[type[Module]], type[Module]]
 
 
 def load_all() -> dict[str, type[Module]]:
-    """Import every module file of this package once, so each registers itself.
+    """Import every module file of this package once, so each registers itself,
+    then every module of the ENTRY_POINT_GROUP entry points.
 
     Adding a module is one BPF program and one file here: nothing else lists it.
     """
     import ecapture.modules as package
 
     for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in {"base", "registry"}:
+        if info.name not in {"base", "registry", "parts"}:
             importlib.import_module(f"{package.__name__}.{info.name}")
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()
+        except (ImportError, AttributeError) as error:
+            raise RegistryError(
+                f"capture module {entry.name!r} ({entry.value}) cannot be loaded: {error}"
+            ) from error
     return MODULES
 
 
