@@ -209,7 +209,7 @@ class Module(abc.ABC):
         return ", ".join(f"{count} {name}" for name, count in sorted(
             pipeline.counters.items.items())) or "nothing"
 
-    def constants(self) -> dict[str, int]:
+    def constants(self) -> Mapping[str, int | bytes]:
         """`const volatile` globals to set before load; the base sets the filters."""
         config = self.config
         return {

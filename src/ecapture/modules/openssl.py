@@ -255,7 +255,7 @@ class OpensslModule(Module):
         # The socket of each SSL call (its nested socket I/O), and closes.
         return ("sock_send", "sock_recv", "sock_state")
 
-    def constants(self) -> dict[str, int]:
+    def constants(self) -> dict[str, int | bytes]:
         return {**super().constants(), "call_limit": self.tls_config.kernel_call_limit}
 
     def make_tracker(self) -> ConnectionTracker | None:
