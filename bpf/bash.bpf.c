@@ -13,6 +13,11 @@
  * sets it before calling the handlers), so IP - the function's ELF address is
  * the load bias of the file, and bias + a global's ELF address is the global.
  *
+ * In libreadline.so the line comes from a return probe on readline()
+ * instead: a program that uses rl_line_buffer itself (psql does, for tab
+ * completion) gets its own copy of the variable by a copy relocation, and
+ * the library's one stays NULL.
+ *
  * Continuation lines: bash's current_command_line_count is 0 while the first
  * line of a command is read (eval.c parse_command resets it, parse.y
  * shell_getc counts each line after reading it).
@@ -82,6 +87,19 @@ int readline_teardown(struct pt_regs *ctx)
 			flags |= LINE_FLAG_POSITION | (count > 0 ? LINE_FLAG_CONTINUATION : 0);
 	}
 	return submit_line(pid_tgid, line, source, flags);
+}
+
+SEC("uretprobe")
+int readline_return(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	const char *line = (const char *)PT_REGS_RC(ctx);
+
+	if (!wanted(pid_tgid))
+		return 0;	/* filtered out by -p/-u */
+	if (!line)
+		return 0;	/* end of input: no line */
+	return submit_line(pid_tgid, line, (bpf_get_attach_cookie(ctx) >> 8) & 0xff, 0);
 }
 
 SEC("uprobe")

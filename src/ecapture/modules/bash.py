@@ -2,8 +2,8 @@
 programs linked with libreadline read (psql, sqlite3, gdb).
 
 Hooks (bpf/bash.bpf.c): readline_internal_teardown in bash (readline is built
-into Debian's bash and exported) and in each libreadline.so; execute_command
-in bash for the exit status. Every symbol is looked up in the file itself:
+into Debian's bash and exported), readline's return in each libreadline.so;
+execute_command in bash for the exit status. Every symbol is looked up in the file itself:
 nothing depends on a version number.
 """
 
@@ -32,6 +32,7 @@ from ecapture.shell_events import MAX_SHELL_TARGETS, LineSource
 log = logging.getLogger(__name__)
 
 TEARDOWN = "readline_internal_teardown"
+READLINE = "readline"
 LINE_BUFFER = "rl_line_buffer"
 LINE_COUNT = "current_command_line_count"
 EXECUTE = "execute_command"
@@ -49,18 +50,19 @@ class BashConfig(ShellConfig):
 
 @dataclass(frozen=True, slots=True)
 class ReadlineTarget:
-    """A file whose readline_internal_teardown we probe, and its globals."""
+    """A file whose readline we probe: bash's built-in one at the entry of
+    readline_internal_teardown (with its globals), a library's at readline's return."""
 
     path: Path
     source: LineSource
-    teardown_vaddr: int
-    teardown_offset: int
-    line_buffer_vaddr: int
-    line_count_vaddr: int  # 0: the file cannot tell first lines from continuations
+    probe_offset: int
+    teardown_vaddr: int = 0
+    line_buffer_vaddr: int = 0
+    line_count_vaddr: int = 0  # 0: the file cannot tell first lines from continuations
 
 
-def readline_target(path: Path, source: LineSource) -> ReadlineTarget | None:
-    """The target in `path`, or None when it has no readline of its own."""
+def bash_readline(path: Path) -> ReadlineTarget | None:
+    """bash's built-in readline, or None when this bash uses a library's."""
     executable = Executable(path)
     if not executable.has(TEARDOWN):
         return None
@@ -68,9 +70,16 @@ def readline_target(path: Path, source: LineSource) -> ReadlineTarget | None:
     if LINE_BUFFER not in globals_:
         return None
     return ReadlineTarget(
-        path, source, executable.address(TEARDOWN), executable.offset_of(TEARDOWN),
+        path, LineSource.BASH, executable.offset_of(TEARDOWN), executable.address(TEARDOWN),
         globals_[LINE_BUFFER], globals_.get(LINE_COUNT, 0),
     )
+
+
+def library_readline(path: Path) -> ReadlineTarget | None:
+    executable = Executable(path)
+    if not executable.exports_function(READLINE):
+        return None
+    return ReadlineTarget(path, LineSource.READLINE, executable.offset_of(READLINE))
 
 
 def mapped_readline_libraries(proc: Path = PROC) -> Iterator[Path]:
@@ -135,24 +144,26 @@ class BashModule(ShellModule):
         self.bash = bash
         self.execute_offset = executable.offset_of(EXECUTE)
         seen: set[tuple[int, int]] = set()
-        own = readline_target(bash, LineSource.BASH)
+        own = bash_readline(bash)
         if own is not None:
             self._add(own, seen)
         else:
             log.info("%s has no readline of its own: its lines come through libreadline", bash)
         for path in self._readline_paths():
-            target = readline_target(path, LineSource.READLINE)
+            target = library_readline(path)
             if target is None:
                 if config.readlineso is not None:
-                    raise LibraryNotFound(f"--readlineso {path}: no {TEARDOWN} or {LINE_BUFFER}")
+                    raise LibraryNotFound(f"--readlineso {path}: it exports no {READLINE}")
                 continue
             self._add(target, seen)
         if not self.targets:
             raise LibraryNotFound(f"no readline found in {bash} or a libreadline; "
                                   "pass --readlineso PATH")
         for target in self.targets:
-            log.info("%s: lines from %s%s", target.path, TEARDOWN,
-                     "" if target.line_count_vaddr else " (each line a command)",
+            log.info("%s: lines from %s", target.path,
+                     f"{TEARDOWN} (continuations told apart)" if target.line_count_vaddr
+                     else f"{TEARDOWN}" if target.teardown_vaddr
+                     else f"{READLINE}'s return (each line a command)",
                      extra={"capture_module": self.name})
 
     def _readline_paths(self) -> list[Path]:
@@ -193,8 +204,12 @@ class BashModule(ShellModule):
 
     def attach_steps(self) -> Sequence[AttachStep]:
         steps: list[AttachStep] = [
-            ProbeSpec("readline_teardown", target.path, target.teardown_offset,
+            ProbeSpec("readline_teardown", target.path, target.probe_offset,
                       label=f"{target.path.name}:{TEARDOWN}",
+                      cookie=index | int(target.source) << 8)
+            if target.source is LineSource.BASH else
+            ProbeSpec("readline_return", target.path, target.probe_offset, retprobe=True,
+                      label=f"{target.path.name}:{READLINE} (return)",
                       cookie=index | int(target.source) << 8)
             for index, target in enumerate(self.targets)
         ]
