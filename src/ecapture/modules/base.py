@@ -136,7 +136,7 @@ class Module(abc.ABC):
     """Base of every capture module; see the module docstring."""
 
     name: ClassVar[str]
-    config_type: ClassVar[type[GlobalConfig]]
+    config_type: ClassVar[type[GlobalConfig]] = GlobalConfig  # a module without flags needs none
     object_file: ClassVar[str]  # in src/ecapture/objects/ (the default bpf_objects())
     ring_map: ClassVar[str] = "events"
     stats_map: ClassVar[str | None] = "stats"
