@@ -97,7 +97,7 @@ class ShellModule(Module):
         if assembler is None:
             return ""
         counters = assembler.counters
-        shown = f"{counters.commands} commands"
+        shown = f"{counters.commands} command{'' if counters.commands == 1 else 's'}"
         if self.errnumber is not None:
             shown += f" ({counters.filtered} more did not return {self.errnumber})"
         return shown
