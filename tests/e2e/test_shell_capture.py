@@ -17,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from .capture import COMMON_KEYS, Ecapture, Event, assert_clean_stop, capture
+from .capture import (
+    COMMON_KEYS,
+    Ecapture,
+    Event,
+    assert_clean_stop,
+    capture,
+    links_of_programs,
+    programs_held_by,
+    wait_until_gone,
+)
 from .conftest import require_programs
 from .shells import PS1, PS2, PtyProgram, shell_env
 
@@ -66,9 +75,14 @@ def test_every_command_once_in_order_with_its_status(
 ) -> None:
     require_programs(shell)
     with capture(ecapture, tmp_path, module=shell) as running:
+        held = programs_held_by(running.pid)
+        links = links_of_programs(held)
         pid = type_session(SHELLS[shell])
     result = running.finished()
     assert_clean_stop(result, {pid})
+    # its probes were attached, and are all gone after the stop
+    assert held and len(links) >= 2, (held, links)
+    assert wait_until_gone(held) == (set(), set())
     commands = commands_of(result.events, pid)
     for event in commands:
         assert event.keys() >= COMMAND_KEYS, event
