@@ -95,6 +95,8 @@ enum stat_index {
 /* A line longer than this is cut, flagged and counted; power of two so that
  * masking bounds the length for the verifier. */
 #define MAX_LINE_SIZE 4096
+/* How far past MAX_LINE_SIZE a cut line is measured (bounded loop). */
+#define MAX_LINE_MEASURED (64 * MAX_LINE_SIZE)
 #define TTY_NAME_SIZE 64	/* struct tty_struct name[64] */
 /* Files one shell object hooks at most (the shell, readline libraries). */
 #define MAX_SHELL_TARGETS 8
@@ -132,6 +134,9 @@ struct shell_line_event {
 	__u8 flags;		/* LINE_FLAG_* */
 	__u16 _pad0;
 	__u32 line_len;		/* bytes in line[], no NUL */
+	__u32 full_len;		/* the line's length; more than line_len when cut (at most
+				 * MAX_LINE_MEASURED: longer lines say that much) */
+	__u32 _pad1;		/* line[] at an 8-byte offset: no tail padding */
 	char line[MAX_LINE_SIZE];	/* only line_len bytes are submitted */
 };
 

@@ -26,6 +26,18 @@ struct {
 	__type(value, struct shell_line_event);
 } scratch SEC(".maps");
 
+/* Where the rest of a cut line is read to measure it. */
+struct line_tail {
+	char bytes[MAX_LINE_SIZE];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct line_tail);
+} tail_scratch SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, SHELL_STAT_MAX);
@@ -90,6 +102,29 @@ static __always_inline void read_tty(char *name)
 		bpf_probe_read_kernel_str(name, TTY_NAME_SIZE, tty->name);
 }
 
+/* The length of a line whose first MAX_LINE_SIZE - 1 bytes were copied:
+ * read on in MAX_LINE_SIZE - 1 byte steps until the NUL (at most
+ * MAX_LINE_MEASURED bytes). */
+static __always_inline __u32 measure_line(const char *line)
+{
+	__u32 zero = 0, length = MAX_LINE_SIZE - 1;
+	struct line_tail *tail = bpf_map_lookup_elem(&tail_scratch, &zero);
+	long copied;
+
+	if (!tail)
+		return length;	/* cannot happen: a one-slot per-CPU array */
+	for (int step = 1; step < MAX_LINE_MEASURED / MAX_LINE_SIZE; step++) {
+		copied = bpf_probe_read_user_str(tail->bytes, MAX_LINE_SIZE,
+						 line + (__u64)step * (MAX_LINE_SIZE - 1));
+		if (copied <= 0)
+			break;	/* unreadable: what was measured stands */
+		length += copied - 1;
+		if (copied < MAX_LINE_SIZE)
+			break;	/* the NUL is in this step */
+	}
+	return length;
+}
+
 /* Copy the NUL-terminated `line` of user memory into one line record. */
 static __always_inline int submit_line(__u64 pid_tgid, const char *line, __u8 source,
 				       __u8 flags)
@@ -110,17 +145,20 @@ static __always_inline int submit_line(__u64 pid_tgid, const char *line, __u8 so
 		return 0;	/* the line is not readable: counted */
 	}
 	copied -= 1;	/* the NUL */
+	event->full_len = copied;
 	if (copied == MAX_LINE_SIZE - 1) {
 		/* Filled the buffer: cut unless the NUL came just there. */
 		bpf_probe_read_user(&next, 1, line + MAX_LINE_SIZE - 1);
 		if (next) {
 			flags |= LINE_FLAG_TRUNCATED;
+			event->full_len = measure_line(line);
 			stat_add(SHELL_STAT_TRUNCATED_LINES, 1);
 		}
 	}
 	event->source = source;
 	event->flags = flags;
 	event->_pad0 = 0;
+	event->_pad1 = 0;
 	event->line_len = copied & (MAX_LINE_SIZE - 1);
 	size = offsetof(struct shell_line_event, line) + (event->line_len & (MAX_LINE_SIZE - 1));
 	if (bpf_ringbuf_output(&events, event, size, 0)) {

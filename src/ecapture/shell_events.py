@@ -18,8 +18,9 @@ from ecapture.events import Clock
 
 # struct shell_header: kind, pid, tid, uid, timestamp_ns, comm[16]
 SHELL_HEADER = struct.Struct("<4IQ16s")
-# struct shell_line_event after its header, up to line[]: tty, source, flags, _pad0, line_len
-LINE_FIELDS = struct.Struct("<64sBBxxI")
+# struct shell_line_event after its header, up to line[]:
+# tty, source, flags, _pad0, line_len, full_len, _pad1
+LINE_FIELDS = struct.Struct("<64sBBxxIIxxxx")
 LINE_HEADER_SIZE = SHELL_HEADER.size + LINE_FIELDS.size
 # struct shell_status_event after its header: source, _pad0[3], status
 STATUS_FIELDS = struct.Struct("<Bxxxi")
@@ -71,6 +72,7 @@ class ShellLine(msgspec.Struct, frozen=True, gc=False):
     continuation: bool  # read to complete a command begun on an earlier line
     position_known: bool  # the shell said whether this is a first line
     truncated: bool  # longer than the kernel copies (MAX_LINE_SIZE - 1 bytes)
+    full_len: int = 0  # the line's length (more than len(line) when truncated); 0: len(line)
 
 
 class ShellStatus(msgspec.Struct, frozen=True, gc=False):
@@ -120,7 +122,7 @@ def _header(raw: bytes, size: int, what: str) -> tuple[int, int, int, int, int, 
 
 def decode_line(raw: bytes, clock: Clock) -> ShellLine:
     _kind, pid, tid, uid, ts, comm = _header(raw, LINE_HEADER_SIZE, "shell_line_event")
-    tty, source, flags, line_len = LINE_FIELDS.unpack_from(raw, SHELL_HEADER.size)
+    tty, source, flags, line_len, full_len = LINE_FIELDS.unpack_from(raw, SHELL_HEADER.size)
     end = LINE_HEADER_SIZE + line_len
     if line_len >= MAX_LINE_SIZE or len(raw) < end:
         raise DecodeError(
@@ -131,6 +133,7 @@ def decode_line(raw: bytes, clock: Clock) -> ShellLine:
         clock.to_epoch(ts), pid, tid, uid, _text(comm), tty_name(tty), _source(source),
         bytes(raw[LINE_HEADER_SIZE:end]), bool(flags & LINE_FLAG_CONTINUATION),
         bool(flags & LINE_FLAG_POSITION), bool(flags & LINE_FLAG_TRUNCATED),
+        max(full_len, line_len),
     )
 
 
@@ -155,7 +158,8 @@ def encode_line(line: ShellLine, clock: Clock) -> bytes:
     return (
         SHELL_HEADER.pack(ShellRecordKind.LINE, line.pid, line.tid, line.uid,
                           line.timestamp_ns - clock.offset_ns, line.comm.encode())
-        + LINE_FIELDS.pack(tty, line.source, flags, len(line.line)) + line.line
+        + LINE_FIELDS.pack(tty, line.source, flags, len(line.line),
+                           max(line.full_len, len(line.line))) + line.line
     )
 
 

@@ -244,3 +244,25 @@ def test_sqlite3_input_from_the_system_readline(ecapture: Ecapture, tmp_path: Pa
     assert_clean_stop(result, {pid})
     assert [(event["line"], event["shell"]) for event in commands_of(result.events, pid)] == [
         ("SELECT 2 + 3;", "sqlite3"), (".quit", "sqlite3")]
+
+
+def test_a_line_longer_than_the_kernel_copies_is_cut_and_reported(
+    ecapture: Ecapture, tmp_path: Path
+) -> None:
+    require_programs("bash")
+    long_line = "echo " + "x" * 6000
+    with (
+        capture(ecapture, tmp_path, module="bash") as running,
+        PtyProgram.start(SHELLS["bash"], env=shell_env()) as shell,
+    ):
+        pid = shell.program_pid
+        shell.send(long_line)
+        shell.send("exit", prompt="")
+    result = running.finished()
+    assert result.exit_code == 0, result.stderr
+    first = commands_of(result.events, pid)[0]
+    assert (first["line"], first["retval"], first["truncated"]) == (long_line[:4095], 0, True)
+    lost = [event for event in result.events if event["type"] == "lost" and event["pid"] == pid]
+    assert [(event["reason"], event["records"], event["bytes"]) for event in lost] == [
+        ("kernel_limit", 0, len(long_line) - 4095)]
+    assert "1 lines cut" in result.stderr, result.stderr

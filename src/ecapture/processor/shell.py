@@ -98,8 +98,9 @@ class CommandAssembler:
     def _line(self, record: ShellLine, out: list[Command | Lost]) -> None:
         text = _strip_end(record.line)
         if record.truncated:
-            # The kernel copied MAX_LINE_SIZE - 1 bytes; how many more is unknown.
-            out.append(Lost(record.timestamp_ns, LossReason.KERNEL_LIMIT, 0, 0,
+            # The kernel copied MAX_LINE_SIZE - 1 bytes of a longer line.
+            out.append(Lost(record.timestamp_ns, LossReason.KERNEL_LIMIT, 0,
+                            max(record.full_len - len(record.line), 0),
                             pid=record.pid, comm=record.comm))
         pending = self._pending.get(record.pid)
         if not record.position_known:

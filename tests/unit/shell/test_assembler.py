@@ -24,10 +24,11 @@ _clock = [1_000]
 
 def line(text: bytes, *, continuation: bool = False, pid: int = PID,
          source: LineSource = LineSource.BASH, known: bool = True,
-         truncated: bool = False) -> ShellLine:
+         truncated: bool = False, full_len: int = 0) -> ShellLine:
     _clock[0] += 1
     return ShellLine(_clock[0], pid, pid, 1000, "bash" if source is LineSource.BASH else "x",
-                     "pts/3", source, text, continuation, known, truncated)
+                     "pts/3", source, text, continuation, known, truncated,
+                     full_len or len(text))
 
 
 def status(value: int, pid: int = PID, source: LineSource = LineSource.BASH) -> ShellStatus:
@@ -137,9 +138,10 @@ def test_a_continuation_without_its_first_line_starts_a_command() -> None:
 
 
 def test_truncated_line_is_flagged_and_reported() -> None:
-    items = run([line(b"x" * 4095, truncated=True), status(0)])
+    items = run([line(b"x" * 4095, truncated=True, full_len=10_000), status(0)])
     lost = [item for item in items if isinstance(item, Lost)]
-    assert [(item.reason, item.pid) for item in lost] == [(LossReason.KERNEL_LIMIT, PID)]
+    assert [(item.reason, item.pid, item.bytes) for item in lost] == [
+        (LossReason.KERNEL_LIMIT, PID, 10_000 - 4095)]
     commands = [item for item in items if isinstance(item, Command)]
     assert commands[0].truncated
 

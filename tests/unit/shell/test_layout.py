@@ -46,7 +46,8 @@ def test_shell_line_event(btf_structs: dict[str, dict[str, Any]]) -> None:
     base = shell_events.SHELL_HEADER.size
     assert offsets(event) == {
         "header": 0, "tty": base, "source": base + 64, "flags": base + 65,
-        "_pad0": base + 66, "line_len": base + 68, "line": shell_events.LINE_HEADER_SIZE,
+        "_pad0": base + 66, "line_len": base + 68, "full_len": base + 72,
+        "_pad1": base + 76, "line": shell_events.LINE_HEADER_SIZE,
     }
     assert event["size"] == shell_events.LINE_HEADER_SIZE + shell_events.MAX_LINE_SIZE
 
