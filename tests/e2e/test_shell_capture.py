@@ -266,3 +266,21 @@ def test_a_line_longer_than_the_kernel_copies_is_cut_and_reported(
     assert [(event["reason"], event["records"], event["bytes"]) for event in lost] == [
         ("kernel_limit", 0, len(long_line) - 4095)]
     assert "1 lines cut" in result.stderr, result.stderr
+
+
+def test_a_bash_already_at_its_prompt_is_captured_from_its_next_line(
+    ecapture: Ecapture, tmp_path: Path
+) -> None:
+    # readline was entered before the probes existed: the entry probe on
+    # readline_internal_teardown still sees the line it returns (-p: this shell only).
+    require_programs("bash")
+    with PtyProgram.start(SHELLS["bash"], env=shell_env()) as shell:
+        pid = shell.program_pid
+        with capture(ecapture, tmp_path, "-p", str(pid), module="bash") as running:
+            shell.send("echo first")
+            shell.send("false")
+            shell.send("exit", prompt="")
+    result = running.finished()
+    assert_clean_stop(result, {pid})
+    assert [(event["line"], event["retval"]) for event in commands_of(result.events, pid)] == [
+        ("echo first", 0), ("false", 1), ("exit", None)]
