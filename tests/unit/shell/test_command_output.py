@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import json
 
+import pytest
+
 from ecapture.modules import shell  # registers the Command renderers
 from ecapture.output.jsonl import JsonLinesWriter
 from ecapture.output.text import TextWriter
@@ -86,3 +88,17 @@ def test_cli_flags_of_the_shell_modules() -> None:
     cls, config = parsed
     assert cls is ZshModule and isinstance(config, ZshConfig)
     assert (config.errnumber, config.zsh, config.mapsize_kib) == (0, "/bin/zsh", 8192)
+
+
+def test_help_lists_the_shell_commands_and_their_flags(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from ecapture.cli import main
+
+    for argv in (["--help"], ["bash", "--help"], ["zsh", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "capture bash commands" in out and "capture zsh commands" in out
+    assert "--errnumber" in out and "--readlineso" in out and "--zsh" in out and "--bash" in out
