@@ -245,10 +245,13 @@ class Module(abc.ABC):
         """Load every BPF object and attach every step (all or nothing)."""
         if self.state is not ModuleState.INITIALIZED:
             raise EcaptureError(f"module {self.name} started in state {self.state.value}")
-        # Registered before any load: a failure below still undoes all.
-        self._stack.callback(self._undo.close)
         for declared in self.bpf_objects():
-            self._load(declared)
+            self._load(declared)  # each object's close is on the stack once loaded
+        if not self._objects:
+            raise EcaptureError(f"module {self.name} declares no BPF object")
+        # After the objects: on the way out the attach steps are undone first,
+        # while their programs still exist; a failed step below undoes the rest.
+        self._stack.callback(self._undo.close)
         pid = self.config.pid or -1
         first = next(iter(self._objects))
         for step in self.attach_steps():
