@@ -33,6 +33,8 @@ examples:
   ecapture tls --format json > events.jsonl one JSON object per line
   ecapture tls -p 1234 --har flows.har      one process; HTTP exchanges also to a HAR file
   ecapture tls --libssl /usr/lib/x86_64-linux-gnu/android/libssl.so.0   BoringSSL
+  ecapture bash -e 1                        bash commands (and psql/sqlite3 input) that returned 1
+  ecapture zsh --format json                zsh commands with their exit status, as JSON
 """
 
 # Global flag → default; the defaults are applied after parsing so that a
