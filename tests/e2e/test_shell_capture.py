@@ -284,3 +284,26 @@ def test_a_bash_already_at_its_prompt_is_captured_from_its_next_line(
     assert_clean_stop(result, {pid})
     assert [(event["line"], event["retval"]) for event in commands_of(result.events, pid)] == [
         ("echo first", 0), ("false", 1), ("exit", None)]
+
+
+def test_bash_statuses_survive_prompt_command_functions_and_eval(
+    ecapture: Ecapture, tmp_path: Path
+) -> None:
+    # PROMPT_COMMAND runs before every prompt and fails; eval nests
+    # execute_command; a comment runs nothing and must not take a later status.
+    require_programs("bash")
+    env = shell_env(PROMPT_COMMAND="(exit 7)")
+    lines = ["# a comment", "f() { return 4; }", "f", "eval 'false; true'", "true"]
+    with (
+        capture(ecapture, tmp_path, module="bash") as running,
+        PtyProgram.start(SHELLS["bash"], env=env) as shell,
+    ):
+        pid = shell.program_pid
+        for line in lines:
+            shell.send(line)
+        shell.send("exit", prompt="")
+    result = running.finished()
+    assert_clean_stop(result, {pid})
+    assert [(event["line"], event["retval"]) for event in commands_of(result.events, pid)] == [
+        ("# a comment", None), ("f() { return 4; }", 0), ("f", 4), ("eval 'false; true'", 0),
+        ("true", 0), ("exit", None)]
