@@ -307,3 +307,23 @@ def test_bash_statuses_survive_prompt_command_functions_and_eval(
     assert [(event["line"], event["retval"]) for event in commands_of(result.events, pid)] == [
         ("# a comment", None), ("f() { return 4; }", 0), ("f", 4), ("eval 'false; true'", 0),
         ("true", 0), ("exit", None)]
+
+
+def test_zsh_statuses_survive_a_failing_precmd_hook(ecapture: Ecapture, tmp_path: Path) -> None:
+    # precmd runs before every prompt, where the status is read; zsh restores
+    # lastval after hooks, so each command keeps its own status.
+    require_programs("zsh")
+    lines = ["precmd() { return 9 }", "true", "false", "f() { return 4 }", "f"]
+    with (
+        capture(ecapture, tmp_path, module="zsh") as running,
+        PtyProgram.start(SHELLS["zsh"], env=shell_env()) as shell,
+    ):
+        pid = shell.program_pid
+        for line in lines:
+            shell.send(line)
+        shell.send("exit", prompt="")
+    result = running.finished()
+    assert_clean_stop(result, {pid})
+    assert [(event["line"], event["retval"]) for event in commands_of(result.events, pid)] == [
+        ("precmd() { return 9 }", 0), ("true", 0), ("false", 1), ("f() { return 4 }", 0),
+        ("f", 4), ("exit", None)]
