@@ -148,10 +148,11 @@ class Pipeline:
             return
         self._parked = [close for close in parked if close not in released]
         for close in released:
-            self._close(close)
-            # The close itself could not be queued in order: one ring-full record.
+            # The close itself could not be queued in order: one ring-full record,
+            # said right before it.
             self._lost(Lost(close.timestamp_ns, LossReason.RING_FULL, 1, 0, pid=close.pid,
                             comm=close.comm, conn_id=close.conn_id, fd=close.fd))
+            self._close(close)
 
     def release_parked(self) -> None:
         """At stop: the main ring is drained, every parked close can go."""

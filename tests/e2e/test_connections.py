@@ -311,3 +311,71 @@ def test_http2_connection_idle_then_used_again(
             assert ["x-marker", marker] in event["request"]["headers"]
         assert http[1]["ts"] - http[0]["ts"] >= gap_s * 1e9 * 0.9
 
+
+
+# Payload bytes of a flood record: 8 (ring header) + 152 (tls_data_event up to
+# data[]) + 3900, rounded to 8, is 4064 bytes, leaving 32 of a 4 KiB ring while
+# it is pending: less than the 104 a close takes, more than nothing.
+FLOOD_RECORD = 3900
+
+
+@pytest.fixture(scope="session")
+def producer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """bench/producer.c: paced SSL_write/SSL_read pairs over a socketpair, to flood the ring."""
+    require_programs("gcc")
+    if not Path("/usr/include/openssl/ssl.h").exists():
+        pytest.skip("needs OpenSSL's headers (Debian package libssl-dev)")
+    binary = tmp_path_factory.mktemp("producer") / "producer"
+    source = Path(__file__).resolve().parents[2] / "bench" / "producer.c"
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(source), "-lssl", "-lcrypto",
+                    "-lpthread"], check=True, capture_output=True, timeout=60)
+    return binary
+
+
+def test_closes_survive_a_full_ring(
+    ecapture: Ecapture, certificate: Certificate, producer: Path, tmp_path: Path
+) -> None:
+    """A 4 KiB ring kept full by a flood of records that each leave less room
+    than a close needs: data is lost (and said), but no connection is left
+    without its one close, and a close that found the ring full comes after
+    the connection's data with a ring_full item naming it."""
+    paths = [f"/echo/{hex_marker()}" for _ in range(CONNECTIONS)]
+    with (
+        python_https_server(tmp_path / "server", certificate) as server,
+        capture(ecapture, tmp_path / "capture", "--mapsize", "4") as running,
+    ):
+        flood = subprocess.Popen(
+            [str(producer), str(certificate.cert), str(certificate.key), str(FLOOD_RECORD),
+             "20000", "6"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            client = run_client(urllib_argv(*[server.url(path) for path in paths])).check()
+        finally:
+            flood.wait(timeout=30)
+    result = running.finished()
+    assert result.exit_code == 0 and "Traceback" not in result.stderr, result.stderr
+    assert client.stdout == b"".join(f"echo:{path}\n".encode() for path in paths)
+
+    events = result.events
+    closes = Counter(event["conn_id"] for event in events if event["type"] == "close")
+    assert [conn_id for conn_id, count in closes.items() if count > 1] == []
+    seen = {event["conn_id"] for event in events if event.get("conn_id") is not None
+            and event["pid"] in (client.pid, server.pid)}
+    assert seen, "nothing of the test's connections got through"
+    assert {conn_id for conn_id in seen if closes[conn_id] != 1} == set()
+    # a late close: its ring_full item (one record, no bytes), then the close,
+    # and no data of that connection after them
+    late = [index for index, event in enumerate(events)
+            if event["type"] == "lost" and event["reason"] == "ring_full"
+            and (event["records"], event["bytes"]) == (1, 0) and event["conn_id"] is not None]
+    for index in late:
+        conn_id = events[index]["conn_id"]
+        after = [event for event in events[index + 1:] if event.get("conn_id") == conn_id]
+        assert [event["type"] for event in after if event["type"] != "http"][-1:] == ["close"]
+        assert [event for event in after if event["type"] == "data"] == []
+    match = re.search(r"(\d+) connection closes found the ring full: (\d+) delivered late",
+                      result.stderr)
+    assert match is not None, "the flood never filled the ring at a close: the test proves nothing"
+    assert int(match.group(2)) >= 1
+    print(f"{match.group(0)}; {len(late)} late closes in the stream")

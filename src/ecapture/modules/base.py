@@ -282,6 +282,12 @@ class Module(abc.ABC):
         self._poll_spare_ring()
         pipeline.release_parked()
         self._kernel_stats = self.read_kernel_stats()
+        deferred = self._kernel_stats.get(Stat.CLOSES_DEFERRED, 0)
+        lost_closes = self._kernel_stats.get(Stat.CLOSES_LOST, 0)
+        if deferred or lost_closes:
+            log.info("%d connection closes found the ring full: %d delivered late through "
+                     "the spare ring, %d lost (both rings full)", deferred + lost_closes,
+                     deferred, lost_closes, extra={"capture_module": self.name})
         reported = pipeline.counters.lost.get(LossReason.RING_FULL)
         records = self._kernel_stats.get(Stat.RING_FULL_RECORDS, 0) - (
             reported.records if reported else 0)
