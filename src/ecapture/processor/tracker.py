@@ -104,8 +104,10 @@ class ConnectionTracker:
             reason = connection.reason
             if reason is not None:
                 return [Unparsed(event, reason)]
-            gap = event.lost_records or connection.faulted
-            connection.faulted = False
+            gap = event.lost_records
+            if connection.faulted:  # a read fault before this event
+                connection.faulted = False
+                gap = 1
             parser = connection.parser
             if parser is not None:
                 out: list[ProcessorItem] = []
