@@ -379,3 +379,40 @@ def test_closes_survive_a_full_ring(
     assert match is not None, "the flood never filled the ring at a close: the test proves nothing"
     assert int(match.group(2)) >= 1
     print(f"{match.group(0)}; {len(late)} late closes in the stream")
+
+
+def test_ssl_moved_to_another_socket_ends_its_connection(
+    ecapture: Ecapture, certificate: Certificate, tmp_path: Path
+) -> None:
+    """The same SSL*, the same fd number, another socket (dup2): the first
+    connection ends with cause ssl_moved and what follows gets a new id."""
+    with capture(ecapture, tmp_path) as running:
+        argv = [sys.executable, str(PROGRAMS / "ssl_moved_client.py"), str(certificate.cert),
+                str(certificate.key)]
+        client = run_client(argv).check()
+    result = running.finished()
+    report = dict(item.split("=") for item in client.stderr.decode().split())
+    server, fd = int(report["server"]), int(report["fd"])
+    assert_clean_stop(result, {client.pid, server})
+    assert client.stdout.count(b"HTTP/1.1 200 OK") == 2
+
+    events = result.events
+    before, after = request_conn_ids(events, client.pid, "send",
+                                     ["/before-the-move", "/after-the-move"]).values()
+    assert before != after
+    chunks = {conn_id: [e for e in data_events(events) if e["conn_id"] == conn_id]
+              for conn_id in (before, after)}
+    assert {e["fd"] for e in chunks[before] + chunks[after]} == {fd}
+    assert len({e["ssl"] for e in chunks[before] + chunks[after]}) == 1  # one SSL*
+    cookies = [{e["socket_cookie"] for e in chunks[conn_id]} for conn_id in (before, after)]
+    assert len(cookies[0]) == len(cookies[1]) == 1 and cookies[0] != cookies[1]
+    [moved] = [e for e in of_pid(events, "close", client.pid) if e["conn_id"] == before]
+    assert (moved["cause"], moved["tid"], moved["socket_cookie"]) == (
+        "ssl_moved", client.pid, *cookies[0])
+    assert Counter(e["conn_id"] for e in of_pid(events, "close", client.pid))[after] <= 1
+    # both exchanges parsed, each on its own connection; the server saw one
+    http = {e["path"]: e["conn_id"] for e in of_pid(events, "http", client.pid)}
+    assert http == {"/before-the-move": before, "/after-the-move": after}
+    served = {e["path"]: e["conn_id"] for e in of_pid(events, "http", server)}
+    assert set(served) == {"/before-the-move", "/after-the-move"}
+    assert len(set(served.values())) == 1
