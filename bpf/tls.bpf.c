@@ -14,6 +14,13 @@
  * none. Socket tracepoints, not raw_tp/sys_enter: a syscall tracepoint puts
  * every syscall of every process on the slow path (measured: it cost the
  * judging workload ~15 % of its rate), these fire only on socket I/O.
+ *
+ * A connection is a conns entry keyed by (pid, SSL*) with an id of its own
+ * (last_conn_id): allocators reuse a freed SSL's address for the next one,
+ * so the SSL* alone would merge sequential connections. It ends, with one
+ * close record, at whichever comes first: its socket's close
+ * (inet_sock_set_state), SSL_free/SSL_clear of its SSL*, or its SSL* seen on
+ * another socket. Deleting the conns entry claims that close.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -319,7 +326,7 @@ static __always_inline void emit_close(const struct conn_key *key, const struct 
 	close.cause = cause;
 	if (!bpf_ringbuf_output(&events, &close, sizeof(close), ring_flags(sizeof(close)))) {
 		stat_add(STAT_RECORDS, 1);
-		return;
+		return;	/* queued in order: the common case */
 	}
 	stat_add(STAT_RING_FULL_RECORDS, 1);
 	close.flags = CLOSE_FLAG_DEFERRED;
