@@ -50,6 +50,8 @@ class Stat(enum.IntEnum):
     TRUNCATED_CALLS = 3
     TRUNCATED_BYTES = 4
     READ_FAULTS = 5
+    CLOSES_DEFERRED = 6
+    CLOSES_LOST = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,10 @@ class Module(abc.ABC):
     object_file: ClassVar[str]  # in src/ecapture/objects/
     ring_map: ClassVar[str] = "events"
     stats_map: ClassVar[str | None] = "stats"
+    # A small ring the kernel puts records in when ring_map is full (closes):
+    # read every STATS_INTERVAL_S and at stop, handed to Pipeline.park.
+    spare_ring_map: ClassVar[str | None] = None
+    _spare_reader: RingReader | None = None
     summary: ClassVar[str] = ""  # one line for `ecapture --help`
 
     def __init__(self, config: GlobalConfig) -> None:
@@ -236,6 +242,8 @@ class Module(abc.ABC):
         return totals
 
     def _check_kernel_stats(self) -> None:
+        """Every STATS_INTERVAL_S: the kernel counters, and the spare ring."""
+        self._poll_spare_ring()
         previous = self._kernel_stats
         current = self.read_kernel_stats()
         self._kernel_stats = current
@@ -245,13 +253,41 @@ class Module(abc.ABC):
                 "ring buffer full: %d records lost in the last %.0f s (raise --mapsize)",
                 lost, STATS_INTERVAL_S, extra={"capture_module": self.name, "count": lost},
             )
+        closes = current.get(Stat.CLOSES_LOST, 0) - previous.get(Stat.CLOSES_LOST, 0)
+        if closes:
+            log.warning(
+                "%d connection closes lost (both rings full): those connections stay open "
+                "until the next use of their SSL* or the end", closes,
+                extra={"capture_module": self.name, "count": closes},
+            )
+
+    def _poll_spare_ring(self) -> None:
+        """Hand what the spare ring holds to the pipeline (opened on first use)."""
+        loaded, pipeline = self._loaded, self._pipeline
+        if self.spare_ring_map is None or loaded is None or pipeline is None or loaded.closed:
+            return
+        if self._spare_reader is None:
+            self._spare_reader = loaded.ring_reader(self.spare_ring_map)
+            self._stack.callback(self._spare_reader.close)
+        while batch := self._spare_reader.poll(0):
+            pipeline.park(batch)
 
     def _report_unattributed_losses(self) -> None:
         """Kernel losses never reported in-band (no later record of that connection)."""
         pipeline = self._pipeline
         if pipeline is None:
             return
+        # Closes deferred to the spare ring are ring-full records reported on
+        # their connection: deliver them before the balance is drawn.
+        self._poll_spare_ring()
+        pipeline.release_parked()
         self._kernel_stats = self.read_kernel_stats()
+        deferred = self._kernel_stats.get(Stat.CLOSES_DEFERRED, 0)
+        lost_closes = self._kernel_stats.get(Stat.CLOSES_LOST, 0)
+        if deferred or lost_closes:
+            log.info("%d connection closes found the ring full: %d delivered late through "
+                     "the spare ring, %d lost (both rings full)", deferred + lost_closes,
+                     deferred, lost_closes, extra={"capture_module": self.name})
         reported = pipeline.counters.lost.get(LossReason.RING_FULL)
         records = self._kernel_stats.get(Stat.RING_FULL_RECORDS, 0) - (
             reported.records if reported else 0)
