@@ -134,6 +134,8 @@ class LossReason(enum.StrEnum):
     QUEUE_FULL = "queue_full"  # a user-space queue was full
     PARSER = "parser"  # a parser gave up on a stream (bounded buffer)
     DECODE = "decode"  # a record did not match its struct (a bug: reported)
+    STOPPED = "stopped"  # still in the ring when the stop's drain ended (timeout, 2nd signal)
+    UNDELIVERED = "undelivered"  # read, but the events sink had failed (peer gone, disk full)
 
 
 class Lost(msgspec.Struct, frozen=True, gc=False):
