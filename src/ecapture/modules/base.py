@@ -382,7 +382,9 @@ class Module(abc.ABC):
         if not records:
             return
         if reason is LossReason.UNDELIVERED:
-            why = "read but not delivered: the events sink failed"
+            where = " or ".join(
+                ([] if not read else ["read"]) + ([] if ring is None else ["still in the ring"]))
+            why = f"{where}, never delivered: the events sink failed"
         elif self._abort.is_set():
             why = "still in the ring at the second stop signal"
         else:
