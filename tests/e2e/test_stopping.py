@@ -147,10 +147,15 @@ def check_stopped_loss(tool: Tool) -> int:
     assert loss_in_summary(summary, "stopped") == (lost["records"], lost["bytes"])
     submitted = int(summary["submitted"])
     handed_on = int(summary["records"])
-    # Every submitted record was either handed on or is in the stopped count
-    # (estimated past the first 0.25 s of the walk over the ring's headers).
+    # Every submitted record was either handed on or is in the stopped count:
+    # exactly, unless the walk over the ring's headers ran out of time (0.5 s)
+    # and extrapolated (other processes' records, of other sizes, share the ring).
     assert lost["records"] > 0 and lost["bytes"] > 0
-    assert abs(handed_on + lost["records"] - submitted) <= 0.02 * submitted, summary[0]
+    error = abs(handed_on + lost["records"] - submitted)
+    if "estimated from the ring's positions" in tool.stderr():
+        assert error <= 0.1 * submitted, summary[0]
+    else:
+        assert error == 0, summary[0]
     # Most of it is the producer's: RECORD_SIZE payload bytes a record.
     assert lost["bytes"] <= lost["records"] * 16384
     assert lost["bytes"] >= 0.5 * lost["records"] * RECORD_SIZE, lost
@@ -267,5 +272,6 @@ def test_a_collector_that_hangs_up_mid_capture_is_summed_as_undelivered(
     assert submitted > 0 and handed_on > 0
     assert 0 < records <= submitted, summary[0]
     assert nbytes >= records * RECORD_SIZE * 0.5, summary[0]  # mostly producer records
-    # What the collector got was delivered: it and the undelivered fit in what was submitted.
-    assert listener.lines() + records <= submitted + 100, (listener.lines(), summary[0])
+    # What the collector got was delivered: it and the undelivered fit in what
+    # was submitted, but for the one slice that failed part-way (1024 records).
+    assert listener.lines() + records <= submitted + 1024, (listener.lines(), summary[0])

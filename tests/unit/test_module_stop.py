@@ -203,7 +203,7 @@ def test_the_drain_stops_at_its_timeout_and_counts_the_rest(
     module.close()
     handed_on = len(writer.data())
     # Slices end at 0.5, 1.0, ... s: the one that ends at 2.0 s is the last.
-    assert handed_on == 4 * base.DRAIN_SLICE
+    assert handed_on == 4 * base.SLICE_RECORDS
     (lost,) = writer.lost()
     assert lost.reason is LossReason.STOPPED
     assert lost.records == 20_000 - handed_on
@@ -277,9 +277,9 @@ def test_a_second_stop_ends_the_drain_after_the_current_slice(
     module.stop()
     assert module.stopping
     module.close()
-    assert len(writer.data()) == 3 * base.DRAIN_SLICE
+    assert len(writer.data()) == 3 * base.SLICE_RECORDS
     (lost,) = writer.lost()
-    assert (lost.reason, lost.records) == (LossReason.STOPPED, 10_000 - 3 * base.DRAIN_SLICE)
+    assert (lost.reason, lost.records) == (LossReason.STOPPED, 10_000 - 3 * base.SLICE_RECORDS)
     assert any("still in the ring at the second stop signal" in record.getMessage()
                for record in caplog.records)
 

@@ -73,9 +73,11 @@ class ModuleState(enum.Enum):
     CLOSED = "closed"
 
 
-# While draining at stop: records handed to the pipeline at a time (a second
-# signal waits for at most one slice, ~10 ms), and how often progress is logged.
-DRAIN_SLICE = 1024
+# Records handed to the pipeline at a time, each slice flushed: when the sink
+# fails, at most one slice is counted undelivered that partly reached it; while
+# draining, a second signal waits for at most one slice (~10 ms). Then how
+# often the drain logs its progress.
+SLICE_RECORDS = 1024
 DRAIN_PROGRESS_S = 1.0
 _monotonic = time.monotonic  # the drain's clock; tests replace it
 
@@ -204,13 +206,12 @@ class Module(abc.ABC):
         try:
             while not self._stop.is_set():
                 batch = reader.poll(POLL_INTERVAL_MS)
-                if batch:
+                for index in range(0, len(batch), SLICE_RECORDS):
                     try:
-                        pipeline.handle_batch(batch)
+                        pipeline.handle_batch(batch[index:index + SLICE_RECORDS])
                     except SinkError:
-                        # Read from the ring, never delivered (part of it may
-                        # have reached the sink before it failed mid-batch).
-                        self._count_left(batch, None, LossReason.UNDELIVERED)
+                        # Read from the ring, never delivered.
+                        self._count_left(batch[index:], None, LossReason.UNDELIVERED)
                         raise
                 now = time.monotonic()
                 if now >= next_stats:
@@ -319,8 +320,8 @@ class Module(abc.ABC):
             batch = reader.poll(0)
             if not batch:
                 return None
-            for index in range(0, len(batch), DRAIN_SLICE):
-                piece = batch[index:index + DRAIN_SLICE]
+            for index in range(0, len(batch), SLICE_RECORDS):
+                piece = batch[index:index + SLICE_RECORDS]
                 try:
                     pipeline.handle_batch(piece)
                 except SinkError:
@@ -331,7 +332,7 @@ class Module(abc.ABC):
                 done_bytes += sum(map(len, piece))
                 now = _monotonic()
                 if self._abort.is_set() or now >= deadline:
-                    return batch[index + DRAIN_SLICE:]
+                    return batch[index + SLICE_RECORDS:]
                 if now >= next_progress:
                     next_progress = now + DRAIN_PROGRESS_S
                     self._log_drain_progress(ring, now - started, done_records, done_bytes)
