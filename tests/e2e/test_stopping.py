@@ -172,8 +172,10 @@ def test_a_second_sigint_stops_a_long_drain_at_once(
     tool.process.send_signal(signal.SIGINT)
     code, seconds = tool.wait(timeout=15)
     assert code == 0, tool.stderr()
-    # Detaching 9 uprobes takes ~0.75 s here; draining the full ring takes 5-7 s.
-    assert seconds < 3.0, f"{seconds:.1f} s after the second SIGINT:\n{tool.stderr()}"
+    # The rest of the detach (~0.75 s for 9 uprobes, slower on a busy machine),
+    # the count of what is left (<= 0.5 s) and the writers' close; draining the
+    # full ring instead takes 5-7 s (the loss checked below says it was cut).
+    assert seconds < 4.0, f"{seconds:.1f} s after the second SIGINT:\n{tool.stderr()}"
     stderr = tool.stderr()
     assert "SIGINT again: stopping now" in stderr
     assert "still in the ring at the second stop signal" in stderr
@@ -189,8 +191,9 @@ def test_the_drain_timeout_bounds_a_stop_and_progress_is_logged(
     tool.process.send_signal(signal.SIGINT)
     code, seconds = tool.wait(timeout=20)
     assert code == 0, tool.stderr()
-    # 2 s, then the count of what is left (<= 0.25 s) and the writers' close.
-    assert seconds < 4.5, f"{seconds:.1f} s after SIGINT:\n{tool.stderr()}"
+    # The detach (~0.75 s), 2 s of drain, the count of what is left (<= 0.5 s)
+    # and the writers' close.
+    assert seconds < 6.0, f"{seconds:.1f} s after SIGINT:\n{tool.stderr()}"
     stderr = tool.stderr()
     assert re.search(r"stopping: \d+ records written in 1 s; \d+\.\d MiB \(~\d+ records\) "
                      r"left in the ring", stderr), stderr

@@ -242,16 +242,16 @@ class Module(abc.ABC):
         if self.state is ModuleState.CLOSED:
             return
         failure: SinkError | None = None
-        # The drain's time counts from here: detaching takes time too
-        # (~0.75 s for 9 uprobes here: each unregistration waits for RCU).
-        started = _monotonic()
         try:
             if self.state is ModuleState.STARTED and self._loaded is not None:
                 # Detach first: under load the ring refills as fast as it is
                 # read, so only a ring nobody writes to can be drained.
                 self._loaded.detach()
+                # The drain's time counts from here: detaching (~0.75 s for 9
+                # uprobes here, each unregistration waits for RCU; longer on a
+                # loaded machine) must not eat the time to write the ring out.
                 try:
-                    self._drain(started)
+                    self._drain(_monotonic())
                 except SinkError as error:
                     self._sink_failed = True
                     failure = error
@@ -346,7 +346,8 @@ class Module(abc.ABC):
                      records, elapsed)
             return
         left = ring.backlog_bytes()
-        # Each record also takes an 8-byte ring header, rounded up to 8 bytes.
+        # In the ring each record also has an 8-byte header and is padded to
+        # 8 bytes: ~12 bytes more than its length, on average.
         average = (nbytes + 12 * records) / max(records, 1)
         log.info(
             "stopping: %d records written in %.0f s; %.1f MiB (~%d records) left in the ring; "
