@@ -52,7 +52,8 @@ stopping:
   buffer still holds for at most --drain-timeout seconds (progress is logged
   each second); what is left then is counted as lost (reason "stopped"), in
   the event stream and the exit summary. A second signal stops at once,
-  counting what is left the same way.
+  counting what is left the same way. (A tcp:// collector that stops reading
+  can hold one send for up to 30 s, then the capture fails.)
 
 exit status: 0 after a stop by signal; 1 when the capture failed (e.g. the
 events could not be delivered); 2 for a bad flag or value.
