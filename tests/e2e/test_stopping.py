@@ -162,22 +162,23 @@ def check_stopped_loss(tool: Tool) -> int:
     return int(lost["records"])
 
 
-def test_a_second_sigint_stops_a_long_drain_at_once(
-    start_tool: object, producer: Path, certificate: Certificate
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_stops_a_long_drain_at_once(
+    start_tool: object, producer: Path, certificate: Certificate, stop_signal: signal.Signals
 ) -> None:
     tool = start_tool("--mapsize", str(RING_KIB), "--drain-timeout", "60")  # type: ignore[operator]
     fill_ring(tool, producer, certificate)
-    tool.process.send_signal(signal.SIGINT)
+    tool.process.send_signal(stop_signal)
     time.sleep(0.3)
-    tool.process.send_signal(signal.SIGINT)
+    tool.process.send_signal(stop_signal)
     code, seconds = tool.wait(timeout=15)
     assert code == 0, tool.stderr()
     # The rest of the detach (~0.75 s for 9 uprobes, slower on a busy machine),
     # the count of what is left (<= 0.5 s) and the writers' close; draining the
     # full ring instead takes 5-7 s (the loss checked below says it was cut).
-    assert seconds < 4.0, f"{seconds:.1f} s after the second SIGINT:\n{tool.stderr()}"
+    assert seconds < 4.0, f"{seconds:.1f} s after the second {stop_signal.name}:\n{tool.stderr()}"
     stderr = tool.stderr()
-    assert "SIGINT again: stopping now" in stderr
+    assert f"{stop_signal.name} again: stopping now" in stderr
     assert "still in the ring at the second stop signal" in stderr
     assert "Traceback" not in stderr
     assert check_stopped_loss(tool) > 100_000  # most of the ring was still there
