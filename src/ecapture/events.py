@@ -185,6 +185,8 @@ class LossReason(enum.StrEnum):
     IN_FLIGHT = "in_flight"  # an SSL call already running at attach: its bytes are unseen
     READ_FAULT = "read_fault"  # the kernel could not read the call's buffer
     EVICTED = "evicted"  # the processor dropped a connection's state (its LRU bound)
+    STOPPED = "stopped"  # still in the ring when the stop's drain ended (timeout, 2nd signal)
+    UNDELIVERED = "undelivered"  # read, but the events sink had failed (peer gone, disk full)
 
 
 class Lost(msgspec.Struct, frozen=True, gc=False):

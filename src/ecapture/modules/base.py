@@ -2,8 +2,10 @@
 
 init → start → run → stop → close, after eCapture's IModule: `init` checks the
 kernel and finds what to hook, `start` loads and attaches the BPF object,
-`run` reads the ring and dispatches until `stop`, `close` drains the ring,
-flushes the processor and writers and detaches everything. A concrete module
+`run` reads the ring and dispatches until `stop`, `close` detaches, drains
+the ring (within the configured drain timeout; a second `stop` ends it at
+once, and what is left is counted as lost, reason `stopped`), flushes the
+processor and writers and closes everything. A concrete module
 overrides a few small hooks (what to hook, which constants, which processor);
 the base owns the BPF object, the reader, decoding, dispatch and loss counts.
 
@@ -27,9 +29,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ecapture.bpf import LoadedObject, ObjectSpec, RingReader, check_environment
+from ecapture.bpf.ringpos import RingPositions
 from ecapture.config import GlobalConfig
-from ecapture.errors import BpfError, EcaptureError
-from ecapture.events import LossReason, Lost
+from ecapture.errors import BpfError, EcaptureError, SinkError
+from ecapture.events import TLS_DATA_HEADER_SIZE, LossReason, Lost
 from ecapture.output.base import Writer
 from ecapture.pipeline import Pipeline
 from ecapture.processor.tracker import ConnectionTracker
@@ -72,6 +75,20 @@ class ModuleState(enum.Enum):
     CLOSED = "closed"
 
 
+# Records handed to the pipeline at a time, each slice flushed: when the sink
+# fails, at most one slice is counted undelivered that partly reached it; while
+# draining, a second signal waits for at most one slice (~10 ms). Then how
+# often the drain logs its progress.
+SLICE_RECORDS = 1024
+DRAIN_PROGRESS_S = 1.0
+_monotonic = time.monotonic  # the drain's clock; tests replace it
+
+
+def _payload_bytes(records: Sequence[bytes]) -> int:
+    """Payload of raw records read but not handed on (a close record: 0)."""
+    return sum(max(len(raw) - TLS_DATA_HEADER_SIZE, 0) for raw in records)
+
+
 class Module(abc.ABC):
     """Base of every capture module; see the module docstring."""
 
@@ -91,6 +108,8 @@ class Module(abc.ABC):
         self.state = ModuleState.NEW
         self._stack = ExitStack()
         self._stop = threading.Event()
+        self._abort = threading.Event()  # a second stop(): end the drain now
+        self._sink_failed = False
         self._loaded: LoadedObject | None = None
         self._reader: RingReader | None = None
         self._pipeline: Pipeline | None = None
@@ -190,45 +209,201 @@ class Module(abc.ABC):
         if reader is None or pipeline is None:
             raise EcaptureError(f"module {self.name} runs before start()")
         next_stats = time.monotonic() + STATS_INTERVAL_S
-        while not self._stop.is_set():
-            batch = reader.poll(POLL_INTERVAL_MS)
-            if batch:
-                pipeline.handle_batch(batch)
-            now = time.monotonic()
-            if now >= next_stats:
-                next_stats = now + STATS_INTERVAL_S
-                self._check_kernel_stats()
-                pipeline.tick(time.time_ns())
+        try:
+            while not self._stop.is_set():
+                batch = reader.poll(POLL_INTERVAL_MS)
+                for index in range(0, len(batch), SLICE_RECORDS):
+                    try:
+                        pipeline.handle_batch(batch[index:index + SLICE_RECORDS])
+                    except SinkError:
+                        # Read from the ring, never delivered.
+                        self._count_left(batch[index:], None, LossReason.UNDELIVERED)
+                        raise
+                now = time.monotonic()
+                if now >= next_stats:
+                    next_stats = now + STATS_INTERVAL_S
+                    self._check_kernel_stats()
+                    pipeline.tick(time.time_ns())
+        except SinkError:
+            self._sink_failed = True
+            raise
 
     def stop(self) -> None:
-        """Ask run() to return; safe from a signal handler or another thread."""
+        """Ask run() to return; a second call also ends close()'s drain at once.
+        Safe from a signal handler or another thread."""
+        if self._stop.is_set():
+            self._abort.set()
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        """stop() was called at least once."""
+        return self._stop.is_set()
+
     def close(self) -> None:
-        """Detach, drain, flush and close everything; idempotent."""
+        """Detach, drain, flush and close everything; idempotent.
+
+        A sink that fails during the drain ends it (what is left is counted
+        as undelivered); its error is raised once the summary is logged."""
         if self.state is ModuleState.CLOSED:
             return
+        failure: SinkError | None = None
         try:
             if self.state is ModuleState.STARTED and self._loaded is not None:
                 # Detach first: under load the ring refills as fast as it is
                 # read, so only a ring nobody writes to can be drained.
                 self._loaded.detach()
-                self._drain()
+                # The drain's time counts from here: detaching (~0.75 s for 9
+                # uprobes here, each unregistration waits for RCU; longer on a
+                # loaded machine) must not eat the time to write the ring out.
+                try:
+                    self._drain(_monotonic())
+                except SinkError as error:
+                    self._sink_failed = True
+                    failure = error
                 self._report_unattributed_losses()
         finally:
+            # Read while the object is open, whatever failed: the summary
+            # must say what the kernel submitted and lost.
+            if self._loaded is not None and not self._loaded.closed:
+                try:
+                    self._kernel_stats = self.read_kernel_stats()
+                except BpfError as error:
+                    log.warning("cannot read the kernel's counters: %s", error)
             self.state = ModuleState.CLOSED
-            self._stack.close()
-            self._log_summary()
+            try:
+                self._stack.close()
+            finally:
+                self._log_summary()
+        if failure is not None:
+            raise failure
 
     # ----- internals --------------------------------------------------------------------
 
-    def _drain(self) -> None:
-        """Consume what is still in the (detached, hence finite) ring."""
+    def _drain(self, started: float) -> None:
+        """Hand on what the (detached, hence finite) ring still holds.
+
+        Until `drain_timeout_s` after `started`, progress logged every second; a second
+        stop() ends it after the current slice; what is left then is reported
+        as lost, reason `stopped`. After a sink failure nothing is handed on:
+        what the ring holds is counted as `undelivered`."""
         reader, pipeline = self._reader, self._pipeline
         if reader is None or pipeline is None:
             return
-        while batch := reader.poll(0):
-            pipeline.handle_batch(batch)
+        ring = self._ring_positions()
+        try:
+            if self._sink_failed:
+                self._count_left(self._unread(ring), ring, LossReason.UNDELIVERED)
+                return
+            left = self._drain_until_done(ring, started)
+            if left is not None:
+                self._count_left([*left, *self._unread(ring)], ring, LossReason.STOPPED)
+        finally:
+            if ring is not None:
+                ring.close()
+
+    def _unread(self, ring: RingPositions | None) -> list[bytes]:
+        """Without a view of the ring's positions, read what it holds to count
+        it (never decoded); with one, nothing (its headers are counted)."""
+        if ring is not None or self._reader is None:
+            return []
+        left: list[bytes] = []
+        while batch := self._reader.poll(0):
+            left += batch
+        return left
+
+    def _drain_until_done(
+        self, ring: RingPositions | None, started: float,
+    ) -> list[bytes] | None:
+        """Drain; None when the ring is empty, else the records read but not
+        handed on when the time was up or a second stop() came."""
+        reader, pipeline = self._reader, self._pipeline
+        assert reader is not None and pipeline is not None
+        deadline = started + self.config.drain_timeout_s
+        next_progress = started + DRAIN_PROGRESS_S
+        done_records = done_bytes = 0
+        while not self._abort.is_set() and _monotonic() < deadline:
+            batch = reader.poll(0)
+            if not batch:
+                return None
+            for index in range(0, len(batch), SLICE_RECORDS):
+                piece = batch[index:index + SLICE_RECORDS]
+                try:
+                    pipeline.handle_batch(piece)
+                except SinkError:
+                    left = [*batch[index:], *self._unread(ring)]
+                    self._count_left(left, ring, LossReason.UNDELIVERED)
+                    raise
+                done_records += len(piece)
+                done_bytes += sum(map(len, piece))
+                now = _monotonic()
+                if self._abort.is_set() or now >= deadline:
+                    return batch[index + SLICE_RECORDS:]
+                if now >= next_progress:
+                    next_progress = now + DRAIN_PROGRESS_S
+                    self._log_drain_progress(ring, now - started, done_records, done_bytes)
+        return []
+
+    def _log_drain_progress(
+        self, ring: RingPositions | None, elapsed: float, records: int, nbytes: int,
+    ) -> None:
+        if ring is None:
+            log.info("stopping: %d records written in %.0f s; the ring is not empty yet",
+                     records, elapsed)
+            return
+        left = ring.backlog_bytes()
+        # In the ring each record also has an 8-byte header and is padded to
+        # 8 bytes: ~12 bytes more than its length, on average.
+        average = (nbytes + 12 * records) / max(records, 1)
+        log.info(
+            "stopping: %d records written in %.0f s; %.1f MiB (~%d records) left in the ring; "
+            "at most %g s in all (--drain-timeout), a second signal stops now",
+            records, elapsed, left / (1 << 20), left / average, self.config.drain_timeout_s,
+            extra={"capture_module": self.name},
+        )
+
+    def _ring_positions(self) -> RingPositions | None:
+        """A read-only view of the ring's positions, or None (then what is left
+        is counted by consuming it)."""
+        if self._loaded is None:
+            return None
+        try:
+            ring_map = self._loaded.map(self.ring_map)
+            return RingPositions(ring_map.fd, ring_map.max_entries)
+        except BpfError as error:
+            log.warning("cannot read the ring's positions: %s", error)
+            return None
+
+    def _count_left(
+        self, read: Sequence[bytes], ring: RingPositions | None, reason: LossReason,
+    ) -> None:
+        """Report as lost the records `read` but not handed on, plus, with a
+        `ring`, what it still holds (counted from its record headers)."""
+        pipeline = self._pipeline
+        assert pipeline is not None
+        records, nbytes, exact = len(read), _payload_bytes(read), True
+        if ring is not None:
+            backlog = ring.backlog(header_size=TLS_DATA_HEADER_SIZE)
+            records += backlog.records
+            nbytes += backlog.payload
+            exact = backlog.exact
+        if not records:
+            return
+        if reason is LossReason.UNDELIVERED:
+            where = " or ".join(
+                ([] if not read else ["read"]) + ([] if ring is None else ["still in the ring"]))
+            why = f"{where}, never delivered: the events sink failed"
+        elif self._abort.is_set():
+            why = "still in the ring at the second stop signal"
+        else:
+            why = f"still in the ring after --drain-timeout {self.config.drain_timeout_s:g} s"
+        log.warning(
+            "%d records (%d payload bytes%s) %s; counted as lost (reason %s)",
+            records, nbytes, "" if exact else ", estimated from the ring's positions", why,
+            reason.value, extra={"capture_module": self.name, "count": records},
+        )
+        # After a sink failure the writers drop it; the summary still counts it.
+        pipeline.report_loss(Lost(time.time_ns(), reason, records, nbytes))
 
     def read_kernel_stats(self) -> dict[Stat, int]:
         """Sum the per-CPU counters of the stats map."""
