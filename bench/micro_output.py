@@ -84,7 +84,8 @@ def measure(size: int, count: int) -> None:
     encoder = msgspec.json.Encoder()
     structs = [
         DataEvent("data", "tls", e.timestamp_ns, e.pid, e.tid, e.comm, e.uid, e.fd, e.conn_id,
-                  "send", "127.0.0.1:443", "127.0.0.1:51234", e.call_len, 0, False, e.data)
+                  e.ssl, e.socket_cookie, "send", "127.0.0.1:443", "127.0.0.1:51234",
+                  e.call_len, 0, False, e.data)
         for e in events
     ]
 
@@ -99,7 +100,8 @@ def measure(size: int, count: int) -> None:
                 out.append(json.dumps({
                     "type": "data", "module": "tls", "ts": e.timestamp_ns, "pid": e.pid,
                     "tid": e.tid, "comm": e.comm, "uid": e.uid, "fd": e.fd,
-                    "conn_id": e.conn_id, "direction": e.direction.label,
+                    "conn_id": e.conn_id, "ssl": e.ssl, "socket_cookie": e.socket_cookie,
+                    "direction": e.direction.label,
                     "src": str(e.src), "dst": str(e.dst), "len": e.call_len,
                     "offset": e.offset, "truncated": e.truncated,
                     "payload_b64": base64.b64encode(e.data).decode("ascii"),

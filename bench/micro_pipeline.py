@@ -40,7 +40,8 @@ def _address(port: int) -> bytes:
 def record(pid: int, conn_id: int, direction: int, payload: bytes, *, local: int,
            remote: int) -> bytes:
     header = RECORD_HEADER.pack(RecordKind.TLS_DATA, pid, pid, 0, time.monotonic_ns(),
-                                conn_id, b"wrk" if pid == 1 else b"nginx")
+                                conn_id, 0x55D000000000 + conn_id, 4096 + conn_id,
+                                b"wrk" if pid == 1 else b"nginx")
     fields = TLS_DATA_FIELDS.pack(5, direction, 1, 0, len(payload), 0, len(payload), 0, 0,
                                   _address(local), _address(remote))
     return header + fields + payload

@@ -4,6 +4,7 @@ tracer's ready line; peak RSS (VmHWM) idle and after the wrk workload."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
@@ -43,10 +44,13 @@ def _first_event(tracer: Tracer, server: targets.Server, workdir: Path, markers:
     capture, log = workdir / "startup.capture", workdir / "startup.log"
     capture.unlink(missing_ok=True)
     assert tracer.command is not None
-    with log.open("wb") as log_sink, capture.open("wb") as capture_sink:
+    # As tracers.attach does: only a tracer whose stdout is its output gets the
+    # file made here; ecapture creates its --eventaddr file itself (0600) and
+    # refuses an existing one others may read.
+    with log.open("wb") as log_sink, contextlib.ExitStack() as files:
+        stdout = files.enter_context(capture.open("wb")) if tracer.stdout_is_output else log_sink
         started = time.monotonic()
-        tool = procs.spawn(tracer.command(capture),
-                           stdout=capture_sink if tracer.stdout_is_output else log_sink,
+        tool = procs.spawn(tracer.command(capture), stdout=stdout,
                            stderr=log_sink, env={**os.environ, **tracer.env})
     client = procs.spawn([sys.executable, "-m", "bench.python_client", str(server.port),
                           f"{timeout}"], cwd=ROOT)

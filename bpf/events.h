@@ -19,6 +19,17 @@ enum record_kind {
 	RECORD_CONN_CLOSE = 2,	/* struct conn_close_event */
 };
 
+/* Why a connection ended (conn_close_event.cause). */
+enum close_cause {
+	CLOSE_TCP = 1,		/* our side sent FIN, or the connection was reset */
+	CLOSE_SSL_MOVED = 2,	/* its SSL* was next seen on another socket */
+	CLOSE_SSL_FREE = 3,	/* SSL_free(ssl) */
+	CLOSE_SSL_CLEAR = 4,	/* SSL_clear(ssl): the SSL* is made ready for a new connection */
+};
+
+/* flags of struct conn_close_event */
+#define CLOSE_FLAG_DEFERRED	(1 << 0)	/* the main ring was full: came through spare_closes */
+
 enum direction {
 	DIRECTION_RECV = 0,
 	DIRECTION_SEND = 1,
@@ -27,6 +38,9 @@ enum direction {
 /* flags of struct tls_data_event */
 #define DATA_FLAG_LAST_CHUNK	(1 << 0)	/* no further chunk of this call */
 #define DATA_FLAG_TRUNCATED	(1 << 1)	/* the call returned more than was copied */
+/* bpf_probe_read_user failed on this chunk: the record carries no data[]
+ * and data_len is the number of bytes that could not be read. */
+#define DATA_FLAG_READ_FAULT	(1 << 2)
 
 /* Fields every record starts with. */
 struct record_header {
@@ -35,7 +49,9 @@ struct record_header {
 	__u32 tid;
 	__u32 uid;
 	__u64 timestamp_ns;	/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
-	__u64 conn_id;		/* the SSL* of the connection */
+	__u64 conn_id;		/* unique for the capture: allocated when a connection is first seen */
+	__u64 ssl;		/* the SSL* of the connection (reused by allocators: not an id) */
+	__u64 socket_cookie;	/* bpf_get_socket_cookie() of its socket, 0 = not known */
 	char comm[TASK_COMM_LEN];
 };
 
@@ -63,14 +79,18 @@ struct tls_data_event {
 	__u8 data[MAX_CHUNK_SIZE];	/* only data_len bytes are submitted */
 };
 
-/* Our side of the connection closed (FIN) or it was reset. Seen from
- * inet_sock_set_state, often in softirq context: header.tid is 0 and
+/* The connection ended (enum close_cause), exactly once per conn_id. A TCP
+ * close is often seen in softirq context: header.tid is 0 then, and
  * header.comm/uid are those recorded when the connection was first seen. */
 struct conn_close_event {
 	struct record_header header;
 	__s32 fd;
 	__u32 lost_records;	/* lost records of this connection not yet reported */
 	__u64 lost_bytes;
+	__u8 cause;		/* enum close_cause */
+	__u8 flags;		/* CLOSE_FLAG_* */
+	__u16 _pad0;
+	__u32 _pad1;
 };
 
 /* Indexes of the per-CPU "stats" array: counters user space sums. */
@@ -80,7 +100,9 @@ enum stat_index {
 	STAT_RING_FULL_BYTES = 2,	/* payload bytes in those */
 	STAT_TRUNCATED_CALLS = 3,	/* calls cut at the per-call limit */
 	STAT_TRUNCATED_BYTES = 4,	/* bytes not copied because of it */
-	STAT_READ_FAULTS = 5,		/* bpf_probe_read_user failed */
+	STAT_READ_FAULTS = 5,		/* bpf_probe_read_user failed (reported per connection) */
+	STAT_CLOSES_DEFERRED = 6,	/* closes that went through spare_closes (main ring full) */
+	STAT_CLOSES_LOST = 7,		/* closes lost: both rings full */
 	STAT_MAX = 8,
 };
 

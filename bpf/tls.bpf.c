@@ -14,6 +14,13 @@
  * none. Socket tracepoints, not raw_tp/sys_enter: a syscall tracepoint puts
  * every syscall of every process on the slow path (measured: it cost the
  * judging workload ~15 % of its rate), these fire only on socket I/O.
+ *
+ * A connection is a conns entry keyed by (pid, SSL*) with an id of its own
+ * (last_conn_id): allocators reuse a freed SSL's address for the next one,
+ * so the SSL* alone would merge sequential connections. It ends, with one
+ * close record, at whichever comes first: its socket's close
+ * (inet_sock_set_state), SSL_free/SSL_clear of its SSL*, or its SSL* seen on
+ * another socket. Deleting the conns entry claims that close.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -55,6 +62,19 @@ struct {
 	__uint(max_entries, 64 << 20);	/* the loader sets --mapsize */
 } events SEC(".maps");
 
+/* A close that finds `events` full goes here instead, so that the end of a
+ * connection is never lost with the data (user space reads it every second
+ * and at stop, and reports the delay as a ring_full loss of that connection).
+ * 256 KiB hold ~2500 closes; past that a close is counted in STAT_CLOSES_LOST. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 << 10);
+} spare_closes SEC(".maps");
+
+/* The last connection id handed out: ids are unique while the object is
+ * loaded (an SSL* is not: allocators hand a freed one's address to the next). */
+__u64 last_conn_id = 0;
+
 /* An SSL read/write call in flight, per thread. */
 struct call_state {
 	__u64 ssl;
@@ -85,9 +105,11 @@ struct conn_key {
 };
 
 struct conn_state {
+	__u64 conn_id;		/* record_header.conn_id */
 	__s32 fd;
 	__u32 uid;
 	__u64 sk;		/* the struct sock * of the connection, 0 unknown */
+	__u64 cookie;		/* its socket cookie, 0 unknown */
 	__u64 lost_records;	/* not yet reported in-band (64-bit: atomic add) */
 	__u64 lost_bytes;
 	struct sock_addr local;
@@ -102,12 +124,19 @@ struct {
 	__type(value, struct conn_state);
 } conns SEC(".maps");
 
+/* Which connection a socket belongs to; conn_id tells a stale entry (its
+ * SSL* was freed or moved since) from the connection that now uses the key. */
+struct sock_link {
+	struct conn_key key;
+	__u64 conn_id;
+};
+
 /* struct sock * → its connection, to report the close. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, struct conn_key);
+	__type(value, struct sock_link);
 } sock_conns SEC(".maps");
 
 /* The record is built here (too large for the stack), then copied into
@@ -132,6 +161,11 @@ static __always_inline void stat_add(__u32 index, __u64 value)
 
 	if (counter)
 		*counter += value;	/* per-CPU: no atomics needed */
+}
+
+static __always_inline __u64 new_conn_id(void)
+{
+	return __sync_fetch_and_add(&last_conn_id, 1) + 1;
 }
 
 static __always_inline bool wanted(__u64 pid_tgid)
@@ -268,11 +302,81 @@ static __always_inline __s32 find_fd(struct sock *sk)
 	return scan.found;
 }
 
+/* Report the end of a connection (once: the caller deleted its conns entry
+ * and got 0, so no other path reports it). A full ring must not swallow it:
+ * it goes to spare_closes then, flagged, and counts as one ring-full record
+ * (user space reports it so, on that connection). */
+static __always_inline void emit_close(const struct conn_key *key, const struct conn_state *conn,
+				       __u8 cause, __u32 tid)
+{
+	struct conn_close_event close = {};
+
+	close.header.kind = RECORD_CONN_CLOSE;
+	close.header.pid = key->pid;
+	close.header.tid = tid;
+	close.header.uid = conn->uid;
+	close.header.timestamp_ns = bpf_ktime_get_ns();
+	close.header.conn_id = conn->conn_id;
+	close.header.ssl = key->ssl;
+	close.header.socket_cookie = conn->cookie;
+	__builtin_memcpy(close.header.comm, conn->comm, sizeof(close.header.comm));
+	close.fd = conn->fd;
+	close.lost_records = conn->lost_records;
+	close.lost_bytes = conn->lost_bytes;
+	close.cause = cause;
+	if (!bpf_ringbuf_output(&events, &close, sizeof(close), ring_flags(sizeof(close)))) {
+		stat_add(STAT_RECORDS, 1);
+		return;	/* queued in order: the common case */
+	}
+	stat_add(STAT_RING_FULL_RECORDS, 1);
+	close.flags = CLOSE_FLAG_DEFERRED;
+	if (!bpf_ringbuf_output(&spare_closes, &close, sizeof(close), BPF_RB_NO_WAKEUP))
+		stat_add(STAT_CLOSES_DEFERRED, 1);
+	else
+		stat_add(STAT_CLOSES_LOST, 1);
+}
+
+/* Drop sk's link to the connection `conn_id`, unless it links another one now. */
+static __always_inline void forget_socket(__u64 sk_id, __u64 conn_id)
+{
+	struct sock_link *link;
+
+	if (!sk_id)
+		return;	/* the connection never had a socket */
+	link = bpf_map_lookup_elem(&sock_conns, &sk_id);
+	if (link && link->conn_id == conn_id)
+		bpf_map_delete_elem(&sock_conns, &sk_id);
+}
+
+/* End the connection of `key` if it is still `conn_id` (0: whichever it is):
+ * deleting the conns entry claims the close, so a concurrent path (a TCP
+ * close racing SSL_free) cannot report it twice. */
+static __always_inline void end_connection(const struct conn_key *key, __u64 conn_id, __u8 cause,
+					   __u32 tid)
+{
+	struct conn_state *conn = bpf_map_lookup_elem(&conns, key);
+	struct conn_state copy;
+
+	/* Never seen, or already ended. */
+	if (!conn)
+		return;
+	/* A newer connection of this SSL*: the one asked about ended before. */
+	if (conn_id && conn->conn_id != conn_id)
+		return;
+	copy = *conn;
+	/* Another CPU ended it between the lookup and here. */
+	if (bpf_map_delete_elem(&conns, key))
+		return;
+	forget_socket(copy.sk, copy.conn_id);
+	emit_close(key, &copy, cause, tid);
+}
+
 static __always_inline void remember_socket(__u64 pid_tgid, struct call_state *call,
 					    struct sock *sk)
 {
 	struct conn_key key = { .pid = pid_tgid >> 32, .ssl = call->ssl };
 	struct conn_state *conn = bpf_map_lookup_elem(&conns, &key);
+	struct sock_link link = { .key = key };
 	struct conn_state fresh = {};
 	__u64 sk_id = (__u64)sk;
 
@@ -280,29 +384,43 @@ static __always_inline void remember_socket(__u64 pid_tgid, struct call_state *c
 		call->fd = conn->fd;
 		return;
 	}
+	if (conn && conn->sk) {
+		/* The SSL* is on another socket now: that connection ended. */
+		end_connection(&key, conn->conn_id, CLOSE_SSL_MOVED, (__u32)pid_tgid);
+		conn = NULL;
+	}
 	fresh.fd = find_fd(sk);
 	fresh.sk = sk_id;
+	fresh.cookie = bpf_get_socket_cookie(sk);
 	fresh.uid = (__u32)bpf_get_current_uid_gid();
 	bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
-	if (conn) {	/* keep losses not yet reported */
+	if (conn) {
+		/* Created by a call before any socket was known: the same
+		 * connection, so it keeps its id and its unreported losses. */
+		fresh.conn_id = conn->conn_id;
 		fresh.lost_records = conn->lost_records;
 		fresh.lost_bytes = conn->lost_bytes;
+	} else {
+		fresh.conn_id = new_conn_id();
 	}
 	read_endpoints(sk, &fresh);
 	call->fd = fresh.fd;
+	link.conn_id = fresh.conn_id;
 	bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
-	bpf_map_update_elem(&sock_conns, &sk_id, &key, BPF_ANY);
+	bpf_map_update_elem(&sock_conns, &sk_id, &link, BPF_ANY);
 }
 
 static __always_inline void fill_header(struct record_header *header, __u32 kind,
-					__u64 pid_tgid, __u64 ssl)
+					__u64 pid_tgid, __u64 ssl, const struct conn_state *conn)
 {
 	header->kind = kind;
 	header->pid = pid_tgid >> 32;
 	header->tid = (__u32)pid_tgid;
 	header->uid = (__u32)bpf_get_current_uid_gid();
 	header->timestamp_ns = bpf_ktime_get_ns();
-	header->conn_id = ssl;
+	header->conn_id = conn ? conn->conn_id : 0;	/* 0: no conns entry could be made */
+	header->ssl = ssl;
+	header->socket_cookie = conn ? conn->cookie : 0;
 	bpf_get_current_comm(&header->comm, sizeof(header->comm));
 }
 
@@ -336,10 +454,8 @@ SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(sock_state, const struct sock *sk, const int oldstate, const int newstate)
 {
 	__u64 sk_id = (__u64)sk;
-	struct conn_close_event *event;
-	struct conn_state *conn;
-	struct conn_key *found;
-	struct conn_key key;
+	struct sock_link *found;
+	struct sock_link link;
 
 	if (newstate != TCP_FIN_WAIT1 && newstate != TCP_LAST_ACK && newstate != TCP_CLOSE)
 		return 0;
@@ -347,31 +463,40 @@ int BPF_PROG(sock_state, const struct sock *sk, const int oldstate, const int ne
 	/* Not the socket of a TLS connection we saw. */
 	if (!found)
 		return 0;
-	key = *found;
+	link = *found;
 	bpf_map_delete_elem(&sock_conns, &sk_id);
-	conn = bpf_map_lookup_elem(&conns, &key);
-	/* The SSL* moved to another socket since: that connection lives on. */
-	if (!conn || conn->sk != sk_id)
-		return 0;
-	event = bpf_ringbuf_reserve(&events, sizeof(*event), 0);
-	if (event) {
-		event->header.kind = RECORD_CONN_CLOSE;
-		event->header.pid = key.pid;
-		event->header.tid = 0;	/* not known from softirq context */
-		event->header.uid = conn->uid;
-		event->header.timestamp_ns = bpf_ktime_get_ns();
-		event->header.conn_id = key.ssl;
-		__builtin_memcpy(event->header.comm, conn->comm, sizeof(event->header.comm));
-		event->fd = conn->fd;
-		event->lost_records = conn->lost_records;
-		event->lost_bytes = conn->lost_bytes;
-		bpf_ringbuf_submit(event, ring_flags(sizeof(*event)));
-		stat_add(STAT_RECORDS, 1);
-	} else {
-		stat_add(STAT_RING_FULL_RECORDS, 1);
-	}
-	bpf_map_delete_elem(&conns, &key);
+	/* tid 0: often softirq context, where the owner is not current. */
+	end_connection(&link.key, link.conn_id, CLOSE_TCP, 0);
 	return 0;
+}
+
+/* SSL_free(ssl) / SSL_clear(ssl), entry only: the connection of this SSL*
+ * ends here whatever its transport (memory BIOs, non-TCP sockets), and a
+ * reused SSL* (SSL_clear, or an address handed out again after SSL_free)
+ * starts a new connection id. OpenSSL also calls SSL_clear at the start of
+ * every first handshake (statem.c state_machine), before any data. */
+static __always_inline int end_ssl(struct pt_regs *ctx, __u8 cause)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct conn_key key = { .pid = pid_tgid >> 32, .ssl = PT_REGS_PARM1(ctx) };
+
+	/* Filtered out. */
+	if (!wanted(pid_tgid))
+		return 0;
+	end_connection(&key, 0, cause, (__u32)pid_tgid);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_free_enter)
+{
+	return end_ssl(ctx, CLOSE_SSL_FREE);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_clear_enter)
+{
+	return end_ssl(ctx, CLOSE_SSL_CLEAR);
 }
 
 struct emit_context {
@@ -386,6 +511,7 @@ static long emit_chunk(__u32 index, struct emit_context *emit)
 	struct tls_data_event *event = bpf_map_lookup_elem(&scratch, &zero);
 	struct conn_state *conn;
 	__u64 offset = (__u64)index * MAX_CHUNK_SIZE;
+	__u64 record;
 	__u64 size;
 	__u32 lost_records = 0;
 	__u64 lost_bytes = 0;
@@ -402,9 +528,13 @@ static long emit_chunk(__u32 index, struct emit_context *emit)
 	event->data_len = size;
 	if (offset + size >= emit->copy_len)
 		event->flags |= DATA_FLAG_LAST_CHUNK;
+	record = sizeof(*event) - MAX_CHUNK_SIZE + size;
 	if (bpf_probe_read_user(event->data, size, (void *)(emit->buf + offset))) {
+		/* Not resident (probe reads cannot fault pages in): say so on
+		 * this connection with an empty record, go on with the next chunk. */
 		stat_add(STAT_READ_FAULTS, 1);
-		return 1;
+		event->flags |= DATA_FLAG_READ_FAULT;
+		record = sizeof(*event) - MAX_CHUNK_SIZE;
 	}
 	conn = bpf_map_lookup_elem(&conns, &emit->key);
 	if (conn) {
@@ -413,8 +543,8 @@ static long emit_chunk(__u32 index, struct emit_context *emit)
 	}
 	event->lost_records = lost_records;
 	event->lost_bytes = lost_bytes;
-	if (bpf_ringbuf_output(&events, event, sizeof(*event) - MAX_CHUNK_SIZE + size,
-			       ring_flags(sizeof(*event) - MAX_CHUNK_SIZE + size))) {
+	if (bpf_ringbuf_output(&events, event, record, ring_flags(record))) {
+		event->flags &= ~DATA_FLAG_READ_FAULT;
 		stat_add(STAT_RING_FULL_RECORDS, 1);
 		stat_add(STAT_RING_FULL_BYTES, size);
 		if (conn) {
@@ -423,6 +553,7 @@ static long emit_chunk(__u32 index, struct emit_context *emit)
 		}
 		return 0;
 	}
+	event->flags &= ~DATA_FLAG_READ_FAULT;
 	stat_add(STAT_RECORDS, 1);
 	if (conn && lost_records) {	/* reported in-band just now */
 		__sync_fetch_and_add(&conn->lost_records, -(__u64)lost_records);
@@ -442,6 +573,7 @@ int BPF_KRETPROBE(call_return, int ret)
 	struct conn_state *conn;
 	struct call_state call;
 	__u32 zero = 0;
+	__u8 fault = 0;
 	__u64 len;
 
 	if (!found || !found->active)
@@ -457,27 +589,34 @@ int BPF_KRETPROBE(call_return, int ret)
 		return 0;
 	if (call.ex) {
 		if (bpf_probe_read_user(&len, sizeof(len), (void *)call.out_ptr)) {
+			/* How much moved is unknown: an empty fault record says so. */
 			stat_add(STAT_READ_FAULTS, 1);
-			return 0;
+			fault = 1;
+			len = 0;
 		}
 	} else {
 		len = ret;
 	}
-	if (!len)
+	/* Nothing moved. */
+	if (!len && !fault)
 		return 0;
 
 	emit.key.pid = pid_tgid >> 32;
 	emit.key.ssl = call.ssl;
 	conn = bpf_map_lookup_elem(&conns, &emit.key);
-	if (!conn) {	/* no syscall named the fd yet: a home for loss counts */
+	if (!conn) {	/* no syscall named the fd yet: a home for its id and loss counts */
 		fresh.fd = call.fd;
+		fresh.conn_id = new_conn_id();
+		fresh.uid = (__u32)bpf_get_current_uid_gid();
+		bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
 		bpf_map_update_elem(&conns, &emit.key, &fresh, BPF_NOEXIST);
 		conn = bpf_map_lookup_elem(&conns, &emit.key);
 	}
 	event = bpf_map_lookup_elem(&scratch, &zero);
+	/* Cannot happen (a one-entry array); the verifier wants the test. */
 	if (!event)
 		return 0;
-	fill_header(&event->header, RECORD_TLS_DATA, pid_tgid, call.ssl);
+	fill_header(&event->header, RECORD_TLS_DATA, pid_tgid, call.ssl, conn);
 	event->fd = call.fd >= 0 ? call.fd : (conn ? conn->fd : -1);
 	event->direction = call.direction;
 	event->flags = 0;
@@ -489,6 +628,22 @@ int BPF_KRETPROBE(call_return, int ret)
 	} else {
 		__builtin_memset(&event->local, 0, sizeof(event->local));
 		__builtin_memset(&event->remote, 0, sizeof(event->remote));
+	}
+	if (fault) {
+		event->flags = DATA_FLAG_READ_FAULT | DATA_FLAG_LAST_CHUNK;
+		event->offset = 0;
+		event->data_len = 0;
+		event->lost_records = 0;
+		event->lost_bytes = 0;
+		if (bpf_ringbuf_output(&events, event, sizeof(*event) - MAX_CHUNK_SIZE,
+				       ring_flags(sizeof(*event) - MAX_CHUNK_SIZE))) {
+			stat_add(STAT_RING_FULL_RECORDS, 1);
+			if (conn)
+				__sync_fetch_and_add(&conn->lost_records, 1);
+		} else {
+			stat_add(STAT_RECORDS, 1);
+		}
+		return 0;
 	}
 	emit.buf = call.buf;
 	emit.copy_len = len;

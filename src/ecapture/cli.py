@@ -14,11 +14,18 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from ecapture import __version__
-from ecapture.config import DEFAULT_MAPSIZE_KIB, BtfMode, GlobalConfig, OutputFormat
+from ecapture.config import (
+    DEFAULT_DRAIN_TIMEOUT_S,
+    DEFAULT_MAPSIZE_KIB,
+    BtfMode,
+    GlobalConfig,
+    OutputFormat,
+)
 from ecapture.errors import ConfigError, EcaptureError
+from ecapture.files import EXISTING_FILE_RULES
 from ecapture.logs import setup_logging
 from ecapture.modules.base import Module
 from ecapture.modules.registry import ALIASES, load_all, module_class
@@ -27,7 +34,8 @@ from ecapture.output.sinks import open_sink
 
 log = logging.getLogger("ecapture")
 
-EXAMPLES = """\
+_FILE_RULES = EXISTING_FILE_RULES[0].upper() + EXISTING_FILE_RULES[1:]
+EXAMPLES = f"""\
 examples:
   ecapture tls                              plaintext of every OpenSSL program, as text
   ecapture tls --format json > events.jsonl one JSON object per line
@@ -35,6 +43,22 @@ examples:
   ecapture tls --libssl /usr/lib/x86_64-linux-gnu/android/libssl.so.0   BoringSSL
   ecapture bash -e 1                        bash commands (and psql/sqlite3 input) that returned 1
   ecapture zsh --format json                zsh commands with their exit status, as JSON
+
+files (--eventaddr, --har, --logaddr):
+  created new with mode 0600; a symbolic link (dangling or not), a FIFO, a
+  device or a directory is refused, never followed or written to. {_FILE_RULES};
+  it is then truncated (--logaddr: appended to) and its mode left as it is.
+
+stopping:
+  the first SIGINT/SIGTERM detaches the probes, then writes out what the ring
+  buffer still holds for at most --drain-timeout seconds (progress is logged
+  each second); what is left then is counted as lost (reason "stopped"), in
+  the event stream and the exit summary. A second signal stops at once,
+  counting what is left the same way. (A tcp:// collector that stops reading
+  can hold one send for up to 30 s, then the capture fails.)
+
+exit status: 0 after a stop by signal; 1 when the capture failed (e.g. the
+events could not be delivered); 2 for a bad flag or value.
 """
 
 # Global flag → default; the defaults are applied after parsing so that a
@@ -43,7 +67,17 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "pid": 0, "uid": None, "hex": False, "tsize": 0, "mapsize": DEFAULT_MAPSIZE_KIB,
     "btf": 0, "btf_file": None, "debug": False, "logaddr": None, "eventaddr": None,
     "format": "text", "har": None, "color": "auto", "nice": 10,
+    "drain_timeout": DEFAULT_DRAIN_TIMEOUT_S,
 }
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a malformed flag is one `ecapture: error:` line (main()
+    prints it), not the whole usage block: the usage is one `--help` away."""
+
+    def error(self, message: str) -> NoReturn:
+        text = " ".join(message.split())  # argparse's messages are one line; make sure
+        raise ConfigError(f"{text} (see '{self.prog} --help')")
 
 
 def _add_global_flags(parser: argparse.ArgumentParser) -> None:
@@ -80,10 +114,13 @@ def _add_global_flags(parser: argparse.ArgumentParser) -> None:
     add("--nice", type=int, default=suppress, metavar="N",
         help="scheduling niceness of ecapture itself, -20..19 (default 10: the traced "
         "programs get the CPU first; the ring buffer holds the backlog; 0 = normal)")
+    add("--drain-timeout", type=float, default=suppress, metavar="SECONDS",
+        help="at stop, write out what the ring still holds for at most this long; "
+        f"the rest is counted as lost (default {DEFAULT_DRAIN_TIMEOUT_S:g})")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="ecapture",
         description="Capture what Linux programs send and receive over TLS, as plaintext, "
         "with eBPF uprobes: no CA certificate, no change to the program. Needs root.",
@@ -115,7 +152,7 @@ def _common_config(args: argparse.Namespace) -> dict[str, Any]:
         "btf_file": values["btf_file"], "debug": values["debug"], "logaddr": values["logaddr"],
         "eventaddr": values["eventaddr"], "output_format": OutputFormat(values["format"]),
         "har_file": values["har"], "color": None if color == "auto" else color == "always",
-        "nice": values["nice"],
+        "nice": values["nice"], "drain_timeout_s": values["drain_timeout"],
     }
 
 
@@ -149,7 +186,12 @@ def _install_stop_handlers(module: Module) -> None:
     # Explicit: a process started in the background by a shell inherits
     # SIGINT ignored, and Python then installs no handler of its own.
     def stop(signum: int, frame: FrameType | None) -> None:
-        log.info("stopping (%s)", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if module.stopping:
+            log.warning("%s again: stopping now; what the ring still holds is counted as lost",
+                        name)
+        else:
+            log.info("stopping (%s); a second signal stops without waiting for the ring", name)
         module.stop()
 
     signal.signal(signal.SIGINT, stop)
@@ -161,8 +203,8 @@ def parse_config(
 ) -> tuple[type[Module], GlobalConfig] | None:
     """Flags → (module class, validated config); None when no command was given.
 
-    argparse exits with status 2 on a malformed flag; a value that parses but
-    is invalid raises ConfigError naming the flag."""
+    A malformed flag, and a value that parses but is invalid, raise
+    ConfigError naming the flag (--help and --version exit 0 here)."""
     args = parser.parse_args(argv)
     if args.command is None:
         return None

@@ -37,6 +37,10 @@ class BpfLoadError(BpfError):
     """Loading a BPF object failed; the message ends with the verifier log tail."""
 
 
+class SinkError(EcaptureError):
+    """Delivering events failed (peer gone, disk full): the capture stops."""
+
+
 class DecodeError(EcaptureError):
     """A kernel record is shorter or otherwise malformed."""
 

@@ -20,16 +20,18 @@ import msgspec
 
 from ecapture.errors import DecodeError
 
-# struct record_header: kind, pid, tid, uid, timestamp_ns, conn_id, comm[16]
-RECORD_HEADER = struct.Struct("<4IQQ16s")
+# struct record_header: kind, pid, tid, uid, timestamp_ns, conn_id, ssl,
+# socket_cookie, comm[16]
+RECORD_HEADER = struct.Struct("<4IQQQQ16s")
 # struct tls_data_event after its header, up to data[]:
 # fd, direction, flags, _pad0, call_id, call_len, offset, data_len,
 # lost_records, lost_bytes, local{family, port, addr}, remote{...}
 TLS_DATA_FIELDS = struct.Struct("<iBBxxQQQIIQ20s20s")
 SOCK_ADDR = struct.Struct("<HH16s")  # struct sock_addr: family, port, addr
 TLS_DATA_HEADER_SIZE = RECORD_HEADER.size + TLS_DATA_FIELDS.size
-# struct conn_close_event after its header: fd, lost_records, lost_bytes
-CONN_CLOSE_FIELDS = struct.Struct("<iIQ")
+# struct conn_close_event after its header: fd, lost_records, lost_bytes,
+# cause, flags, _pad0, _pad1
+CONN_CLOSE_FIELDS = struct.Struct("<iIQBBxxxxxx")
 CONN_CLOSE_SIZE = RECORD_HEADER.size + CONN_CLOSE_FIELDS.size
 KIND = struct.Struct("<I")
 
@@ -54,6 +56,22 @@ class Direction(enum.IntEnum):
 
 DATA_FLAG_LAST_CHUNK = 1 << 0
 DATA_FLAG_TRUNCATED = 1 << 1
+DATA_FLAG_READ_FAULT = 1 << 2  # no data[]: data_len bytes could not be read
+CLOSE_FLAG_DEFERRED = 1 << 0
+
+
+class CloseCause(enum.StrEnum):
+    """Why a connection ended (bpf/events.h enum close_cause)."""
+
+    TCP = "tcp"  # our side sent FIN, or the connection was reset
+    SSL_MOVED = "ssl_moved"  # its SSL* was next seen on another socket
+    SSL_FREE = "ssl_free"
+    SSL_CLEAR = "ssl_clear"  # the SSL* was made ready for a new connection
+    UNKNOWN = "unknown"  # a cause this version does not know (a newer object)
+
+
+_CLOSE_CAUSES = {1: CloseCause.TCP, 2: CloseCause.SSL_MOVED, 3: CloseCause.SSL_FREE,
+                 4: CloseCause.SSL_CLEAR}
 
 
 class Endpoint(msgspec.Struct, frozen=True, gc=False):
@@ -89,7 +107,7 @@ class TlsData(msgspec.Struct, frozen=True, gc=False):
     tid: int
     uid: int
     comm: str
-    conn_id: int  # identifies the TLS connection (its SSL* in the process)
+    conn_id: int  # the connection: unique for the capture (0: the kernel had no slot)
     fd: int  # -1 when unknown
     direction: Direction
     call_id: int
@@ -102,6 +120,8 @@ class TlsData(msgspec.Struct, frozen=True, gc=False):
     remote: Endpoint | None
     lost_records: int  # records of this connection lost just before this one
     lost_bytes: int
+    ssl: int = 0  # the SSL* in the process (addresses are reused: not an id)
+    socket_cookie: int | None = None  # the socket's cookie (SO_COOKIE), None unknown
 
     @property
     def src(self) -> Endpoint | None:
@@ -113,8 +133,9 @@ class TlsData(msgspec.Struct, frozen=True, gc=False):
 
 
 class ConnClose(msgspec.Struct, frozen=True, gc=False):
-    """The TLS connection's socket was closed by the traced process (FIN sent)
-    or reset; usually seen in softirq context, so the thread is not known."""
+    """The connection ended, once per conn_id: its socket was closed (FIN sent)
+    or reset (often seen in softirq context, so the thread is not known), or
+    its SSL* was freed, cleared or moved to another socket."""
 
     timestamp_ns: int
     pid: int
@@ -125,6 +146,33 @@ class ConnClose(msgspec.Struct, frozen=True, gc=False):
     fd: int
     lost_records: int
     lost_bytes: int
+    ssl: int = 0
+    socket_cookie: int | None = None
+    cause: CloseCause = CloseCause.TCP
+    # The main ring was full: it came later, through the spare ring, and may
+    # follow records of other connections it preceded.
+    deferred: bool = False
+
+
+class ReadFault(msgspec.Struct, frozen=True, gc=False):
+    """bpf_probe_read_user could not read a chunk of a call (its pages were not
+    resident): `bytes` of the connection's stream are missing here (0 when not
+    even the call's length could be read)."""
+
+    timestamp_ns: int
+    pid: int
+    tid: int
+    uid: int
+    comm: str
+    conn_id: int
+    fd: int
+    direction: Direction
+    call_id: int
+    call_len: int
+    offset: int
+    bytes: int
+    ssl: int = 0
+    socket_cookie: int | None = None
 
 
 class LossReason(enum.StrEnum):
@@ -135,6 +183,10 @@ class LossReason(enum.StrEnum):
     PARSER = "parser"  # a parser gave up on a stream (bounded buffer)
     DECODE = "decode"  # a record did not match its struct (a bug: reported)
     IN_FLIGHT = "in_flight"  # an SSL call already running at attach: its bytes are unseen
+    READ_FAULT = "read_fault"  # the kernel could not read the call's buffer
+    EVICTED = "evicted"  # the processor dropped a connection's state (its LRU bound)
+    STOPPED = "stopped"  # still in the ring when the stop's drain ended (timeout, 2nd signal)
+    UNDELIVERED = "undelivered"  # read, but the events sink had failed (peer gone, disk full)
 
 
 class Lost(msgspec.Struct, frozen=True, gc=False):
@@ -154,7 +206,7 @@ class Lost(msgspec.Struct, frozen=True, gc=False):
     fd: int | None = None
 
 
-Record = TlsData | ConnClose
+Record = TlsData | ConnClose | ReadFault
 
 
 class Clock:
@@ -192,7 +244,7 @@ def decode_record(raw: bytes | memoryview, clock: Clock) -> Record:
         raise DecodeError(
             f"record of {len(raw)} bytes is shorter than its {RECORD_HEADER.size}-byte header"
         )
-    kind, pid, tid, uid, ts, conn_id, comm = RECORD_HEADER.unpack_from(raw)
+    kind, pid, tid, uid, ts, conn_id, ssl, cookie, comm = RECORD_HEADER.unpack_from(raw)
     if kind == _TLS_DATA:
         if len(raw) < TLS_DATA_HEADER_SIZE:
             raise DecodeError(
@@ -201,6 +253,12 @@ def decode_record(raw: bytes | memoryview, clock: Clock) -> Record:
             )
         (fd, direction, flags, call_id, call_len, offset, data_len, lost_records,
          lost_bytes, local, remote) = TLS_DATA_FIELDS.unpack_from(raw, RECORD_HEADER.size)
+        if flags & DATA_FLAG_READ_FAULT:
+            return ReadFault(
+                ts + clock.offset_ns, pid, tid, uid, _comm(comm), conn_id, fd,
+                _DIRECTIONS[direction & 1], call_id, call_len, offset, data_len, ssl,
+                cookie or None,
+            )
         end = TLS_DATA_HEADER_SIZE + data_len
         if data_len > MAX_CHUNK_SIZE or len(raw) < end:
             raise DecodeError(
@@ -213,16 +271,19 @@ def decode_record(raw: bytes | memoryview, clock: Clock) -> Record:
             _DIRECTIONS[direction & 1], call_id, call_len, offset,
             bytes(raw[TLS_DATA_HEADER_SIZE:end]), bool(flags & DATA_FLAG_LAST_CHUNK),
             bool(flags & DATA_FLAG_TRUNCATED), _endpoint(local), _endpoint(remote),
-            lost_records, lost_bytes,
+            lost_records, lost_bytes, ssl, cookie or None,
         )
     if kind == _CONN_CLOSE:
         if len(raw) < CONN_CLOSE_SIZE:
             raise DecodeError(
                 f"conn_close_event of {len(raw)} bytes is shorter than {CONN_CLOSE_SIZE}"
             )
-        fd, lost_records, lost_bytes = CONN_CLOSE_FIELDS.unpack_from(raw, RECORD_HEADER.size)
+        fd, lost_records, lost_bytes, cause, flags = CONN_CLOSE_FIELDS.unpack_from(
+            raw, RECORD_HEADER.size)
         return ConnClose(
             timestamp_ns=clock.to_epoch(ts), pid=pid, tid=tid or None, uid=uid, comm=_comm(comm),
-            conn_id=conn_id, fd=fd, lost_records=lost_records, lost_bytes=lost_bytes,
+            conn_id=conn_id, fd=fd, lost_records=lost_records, lost_bytes=lost_bytes, ssl=ssl,
+            socket_cookie=cookie or None, cause=_CLOSE_CAUSES.get(cause, CloseCause.UNKNOWN),
+            deferred=bool(flags & CLOSE_FLAG_DEFERRED),
         )
     raise DecodeError(f"unknown record kind {kind} ({len(raw)} bytes)")

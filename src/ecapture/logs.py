@@ -11,6 +11,7 @@ import sys
 from urllib.parse import urlsplit
 
 from ecapture.errors import ConfigError
+from ecapture.files import open_private_file
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -32,6 +33,16 @@ class _TcpLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.connection.close()
 
 
+class _FileLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines to a file we opened (FileHandler would reopen it by name)."""
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.stream.close()
+
+
 def _handler(logaddr: str | None) -> logging.Handler:
     if not logaddr or logaddr == "-":
         return logging.StreamHandler(sys.stderr)
@@ -42,10 +53,10 @@ def _handler(logaddr: str | None) -> logging.Handler:
         return _TcpLogHandler(parts.hostname, parts.port)
     if parts.scheme in {"", "file"}:
         path = parts.path if parts.scheme else logaddr
-        try:
-            return logging.FileHandler(path, encoding="utf-8")
-        except OSError as error:
-            raise ConfigError(f"--logaddr {logaddr}: {error.strerror}") from None
+        # Appended to, as logging.FileHandler does, but opened by the same
+        # rules as every file we write (no symlink, 0600, files.py).
+        fd = open_private_file(path, "--logaddr", append=True)
+        return _FileLogHandler(open(fd, "a", encoding="utf-8", buffering=1))
     raise ConfigError(f"--logaddr {logaddr}: unknown scheme {parts.scheme!r} (file or tcp://)")
 
 

@@ -3,9 +3,16 @@
 Everything lost on the way is counted here and written into the event
 stream as a `Lost` record: losses the kernel reports in-band per connection
 (`lost_records` on the next record of that connection or on its close),
-calls cut at the kernel's per-call copy limit, bytes the processor could not
-keep, and records that could not be decoded. Nothing here blocks: one batch
-in, written out, flushed.
+calls cut at the kernel's per-call copy limit, chunks the kernel could not
+read (read faults), bytes or connections the processor could not keep, and
+records that could not be decoded. Nothing here blocks: one batch in,
+written out, flushed.
+
+A close the kernel had to put in its spare ring (the main ring was full)
+is held here until the main ring has delivered everything older than it
+(a record newer than the close, or a second with no record at all), so a
+connection never ends before its last data: it then goes out as the close
+plus a ring_full `lost` naming that connection.
 """
 
 from __future__ import annotations
@@ -16,7 +23,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ecapture.errors import DecodeError
-from ecapture.events import Clock, ConnClose, LossReason, Lost, TlsData, decode_record
+from ecapture.events import (
+    Clock,
+    ConnClose,
+    LossReason,
+    Lost,
+    ReadFault,
+    TlsData,
+    decode_record,
+)
 from ecapture.output.base import Writer
 from ecapture.processor.interface import RecordProcessor
 from ecapture.processor.model import HttpExchange, ProcessorItem, Unparsed
@@ -72,12 +87,16 @@ class Pipeline:
         self.decoder = decoder
         self.counters = PipelineCounters()
         self._finished = False
+        self._parked: list[ConnClose] = []  # deferred closes not yet released, in order
+        self._batches = 0  # main-ring batches handled
+        self._batches_at_tick = 0
 
     def handle_batch(self, raws: Iterable[bytes]) -> None:
         """Decode and dispatch one batch of ring records, then flush."""
         counters = self.counters
         decoder = self.decoder
         clock = self.clock
+        newest_ns = 0  # of the TLS records in this batch: parked closes older than it may go
         for raw in raws:
             try:
                 record = decoder(raw, clock)
@@ -88,12 +107,75 @@ class Pipeline:
                 continue
             counters.records += 1
             if type(record) is TlsData:
+                newest_ns = record.timestamp_ns
                 self._data(record)
             elif type(record) is ConnClose:
-                self._close(record)
+                newest_ns = record.timestamp_ns
+                if record.deferred:
+                    self._parked.append(record)
+                else:
+                    self._close(record)
+            elif type(record) is ReadFault:
+                newest_ns = record.timestamp_ns
+                self._read_fault(record)
             else:
                 self._record(record)
+        self._batches += 1
+        if self._parked and newest_ns:
+            self._release_parked(newest_ns)
         self.flush()
+
+    def park(self, raws: Iterable[bytes]) -> None:
+        """Records of the kernel's spare ring (closes deferred by a full main
+        ring): held until the main ring has caught up with them."""
+        for raw in raws:
+            try:
+                record = self.decoder(raw, self.clock)
+            except DecodeError as error:
+                log.warning("undecodable record in the spare ring: %s", error)
+                self._lost(Lost(time.time_ns(), LossReason.DECODE, 1, len(raw)))
+                continue
+            self.counters.records += 1
+            if type(record) is ConnClose:
+                self._parked.append(record)
+            else:  # only closes go there (bpf/tls.bpf.c emit_close); decode errors aside
+                log.warning("unexpected %s record in the spare ring", type(record).__name__)
+                self._lost(Lost(time.time_ns(), LossReason.DECODE, 1, len(raw)))
+        self.flush()
+
+    def _release_parked(self, newer_than_ns: int | None) -> None:
+        """Deliver the parked closes older than `newer_than_ns` (None: all).
+
+        The main ring's records of a connection were reserved before its
+        close was attempted, so once a record stamped after the close came
+        out of the main ring, none of that connection's can follow."""
+        parked = self._parked
+        released = [close for close in parked
+                    if newer_than_ns is None or close.timestamp_ns < newer_than_ns]
+        if not released:
+            return
+        self._parked = [close for close in parked if close not in released]
+        for close in released:
+            # The close itself could not be queued in order: one ring-full record,
+            # said right before it.
+            self._lost(Lost(close.timestamp_ns, LossReason.RING_FULL, 1, 0, pid=close.pid,
+                            comm=close.comm, conn_id=close.conn_id, fd=close.fd))
+            self._close(close)
+
+    def release_parked(self) -> None:
+        """At stop: the main ring is drained, every parked close can go."""
+        self._release_parked(None)
+        self.flush()
+
+    def _read_fault(self, fault: ReadFault) -> None:
+        """A chunk the kernel could not read: a loss on that connection, and a
+        gap in its stream for the processor."""
+        self._lost(Lost(
+            fault.timestamp_ns, LossReason.READ_FAULT, 1, fault.bytes, pid=fault.pid,
+            comm=fault.comm, conn_id=fault.conn_id, fd=fault.fd,
+        ))
+        if self.tracker is not None:
+            self.tracker.fault(fault)
 
     def _data(self, event: TlsData) -> None:
         self.counters.data_bytes += len(event.data)
@@ -191,10 +273,13 @@ class Pipeline:
         self.flush()
 
     def tick(self, now_ns: int) -> None:
-        """Periodic work: flush idle connections."""
-        if self.tracker is not None:
-            self._items(self.tracker.expire(now_ns))
-            self.flush()
+        """Periodic work. Idle connections are never expired: their parser
+        state (an HTTP/2 connection's HPACK tables) must outlive any pause;
+        only the tracker's LRU bound drops one, and says so. Parked closes
+        go once a whole tick passed without a record: the main ring is empty."""
+        if self._parked and self._batches == self._batches_at_tick:
+            self.release_parked()
+        self._batches_at_tick = self._batches
         if self.processor is not None:
             self._processed(self.processor.expire(now_ns))
             self.flush()
@@ -217,6 +302,7 @@ class Pipeline:
             return
         self._finished = True
         try:
+            self._release_parked(None)
             if self.tracker is not None:
                 self._items(self.tracker.flush())
             if self.processor is not None:

@@ -103,8 +103,27 @@ def test_no_kernel_btf_is_one_error_line(ecapture: Ecapture) -> None:
     assert BTF_PATH.exists()  # the host's BTF is untouched
 
 
-def test_bad_flag_is_rejected(ecapture: Ecapture) -> None:
-    run = run_tool(ecapture, "tls", "-p", "-5")
-    assert run.exit_code != 0
-    assert "Traceback" not in run.stderr
-    assert "-p" in run.stderr
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("-p", "abc"), "ecapture: error: argument -p/--pid: invalid int value: 'abc'"),
+        (("-p", "-5"), "ecapture: error: -p/--pid must be >= 0, got -5"),
+        (("--bogus",), "ecapture: error: unrecognized arguments: --bogus"),
+        (("--format",), "ecapture: error: argument --format: expected one argument"),
+        (("--mapsize", "3000"), "ecapture: error: --mapsize must be a power of two"),
+        (("--drain-timeout", "-1"), "ecapture: error: --drain-timeout must be in"),
+    ],
+)
+def test_a_bad_flag_is_one_error_line_and_exit_2(
+    ecapture: Ecapture, args: tuple[str, ...], expected: str
+) -> None:
+    run = run_tool(ecapture, "tls", *args)
+    assert run.exit_code == 2, run.stderr
+    assert run.error_line().startswith(expected)
+    assert run.stdout == ""
+
+
+def test_help_still_works(ecapture: Ecapture) -> None:
+    run = run_tool(ecapture, "tls", "--help")
+    assert run.exit_code == 0, run.stderr
+    assert "--drain-timeout" in run.stdout and "--eventaddr" in run.stdout

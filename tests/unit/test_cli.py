@@ -48,28 +48,46 @@ def test_every_flag_reaches_the_config() -> None:
 
 
 def test_help_of_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--help"], ["tls", "--help"], ["openssl", "--help"]):
+    for argv in (["--help"], ["tls", "--help"], ["openssl", "--help"], ["--version"]):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--libssl" in out and "--pid" in out and "--probe-placement" in out
+    assert "--drain-timeout" in out and "ecapture 0." in out
+
+
+def one_error_line(err: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ecapture: error: "), err
+    return lines[0]
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["tls", "-p", "abc"], "invalid int value: 'abc'"),
-        (["tls", "--format", "xml"], "invalid choice: 'xml'"),
-        (["nosuchmodule"], "invalid choice: 'nosuchmodule'"),
+        (["tls", "-p", "abc"], "argument -p/--pid: invalid int value: 'abc' "
+         "(see 'ecapture tls --help')"),
+        (["-p", "abc", "tls"], "argument -p/--pid: invalid int value: 'abc' "
+         "(see 'ecapture --help')"),
+        (["tls", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
+        (["nosuchmodule"], "argument COMMAND: invalid choice: 'nosuchmodule'"),
+        (["tls", "--bogus"], "unrecognized arguments: --bogus"),
+        (["tls", "-p"], "argument -p/--pid: expected one argument"),
+        (["tls", "--mapsize", "big"], "argument --mapsize: invalid int value: 'big'"),
+        (["tls", "-b", "7"], "argument -b/--btf: invalid choice: 7"),
+        (["tls", "--drain-timeout", "soon"], "argument --drain-timeout: invalid float value"),
+        (["tls", "--probe-placement", "x"], "argument --probe-placement: invalid choice: 'x'"),
     ],
 )
-def test_malformed_flags_exit_2(argv: list[str], message: str,
-                                capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+def test_malformed_flags_are_one_error_line(argv: list[str], message: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert message in one_error_line(captured.err)
+    assert "usage:" not in captured.err
 
 
 @pytest.mark.parametrize(
@@ -79,15 +97,35 @@ def test_malformed_flags_exit_2(argv: list[str], message: str,
         (["tls", "--mapsize", "3000"], "ecapture: error: --mapsize must be a power of two"),
         (["tls", "-p", "-4"], "ecapture: error: -p/--pid must be >= 0"),
         (["tls", "--nice", "20"], "ecapture: error: --nice must be in -20..19"),
+        (["tls", "--drain-timeout", "0"],
+         "ecapture: error: --drain-timeout must be in (0, 3600] seconds, got 0"),
+        (["tls", "--drain-timeout", "nan"], "ecapture: error: --drain-timeout must be in"),
     ],
 )
 def test_invalid_values_give_one_line(argv: list[str], message: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.strip() == err.strip().splitlines()[0]  # one line
-    assert err.startswith(message)
-    assert "Traceback" not in err
+    assert one_error_line(capsys.readouterr().err).startswith(message)
+
+
+def test_the_help_documents_files_stopping_and_exit_status(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "a symbolic link (dangling or not), a FIFO, a device or a directory is refused" in out
+    assert "mode 0600 or narrower; it is then truncated" in out
+    assert "its mode left as it is" in out
+    assert "--drain-timeout" in out and 'counted as lost (reason "stopped")' in out
+    assert "A second signal stops at once" in out
+    assert "2 for a bad flag or value" in out
+
+
+def test_drain_timeout_reaches_the_config() -> None:
+    assert parse("tls").drain_timeout_s == 5.0
+    assert parse("--drain-timeout", "1.5", "tls").drain_timeout_s == 1.5
 
 
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,7 @@ def test_defaults() -> None:
     assert config.mapsize_kib == 64 * 1024  # BENCH.md: >= 64 MiB holds bursts
     assert config.model is CaptureModel.TEXT
     assert config.probe_placement is ProbePlacement.AUTO
+    assert config.drain_timeout_s == 5.0  # a stop waits at most this long for the ring
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,9 @@ def test_defaults() -> None:
         ({"btf": 2}, "non-CO-RE"),
         ({"model": CaptureModel.KEYLOG}, "-m keylog is not available"),
         ({"kernel_call_limit": 0}, "--kernel-call-limit must be in"),
+        ({"drain_timeout_s": 0.0}, r"--drain-timeout must be in \(0, 3600\] seconds, got 0"),
+        ({"drain_timeout_s": -1.0}, "--drain-timeout must be in"),
+        ({"drain_timeout_s": float("inf")}, "--drain-timeout must be in"),
     ],
 )
 def test_invalid_values_name_the_flag(kwargs: dict[str, object], message: str) -> None:
@@ -37,6 +41,7 @@ def test_invalid_values_name_the_flag(kwargs: dict[str, object], message: str) -
 
 def test_json_round_trip() -> None:
     config = TlsConfig(pid=7, uid=1000, tsize=100, output_format=OutputFormat.JSON,
+                       drain_timeout_s=2.5,
                        libssl="/x/libssl.so.3", probe_placement=ProbePlacement.EXPORTED)
     assert TlsConfig.from_json(config.to_json()) == config
 

@@ -10,12 +10,16 @@ import pytest
 from ecapture.errors import DecodeError
 from ecapture.events import (
     CONN_CLOSE_FIELDS,
+    DATA_FLAG_LAST_CHUNK,
+    DATA_FLAG_READ_FAULT,
     RECORD_HEADER,
     TLS_DATA_FIELDS,
     Clock,
+    CloseCause,
     ConnClose,
     Direction,
     Endpoint,
+    ReadFault,
     RecordKind,
     TlsData,
     decode_record,
@@ -24,8 +28,18 @@ from ecapture.events import (
 CLOCK = Clock(offset_ns=1_000)
 
 
-def header(kind: int, *, pid: int = 42, tid: int = 43, comm: bytes = b"curl") -> bytes:
-    return RECORD_HEADER.pack(kind, pid, tid, 1000, 5_000, 0xABCDEF, comm)
+SSL = 0x55AA00112233
+COOKIE = 0x1000000004D2
+
+
+def header(kind: int, *, pid: int = 42, tid: int = 43, comm: bytes = b"curl",
+           conn_id: int = 17, cookie: int = COOKIE) -> bytes:
+    return RECORD_HEADER.pack(kind, pid, tid, 1000, 5_000, conn_id, SSL, cookie, comm)
+
+
+def close_fields(fd: int = 9, lost_records: int = 0, lost_bytes: int = 0, cause: int = 1,
+                 flags: int = 0) -> bytes:
+    return CONN_CLOSE_FIELDS.pack(fd, lost_records, lost_bytes, cause, flags)
 
 
 def data_record(payload: bytes, *, direction: int = 1, flags: int = 1, lost: int = 0,
@@ -46,7 +60,8 @@ def test_data_record_decodes_every_field() -> None:
     assert event.data == b"GET / HTTP/1.1\r\n"
     assert (event.pid, event.tid, event.uid, event.comm) == (42, 43, 1000, "curl")
     assert event.timestamp_ns == 6_000
-    assert event.conn_id == 0xABCDEF
+    assert event.conn_id == 17
+    assert event.ssl == SSL and event.socket_cookie == COOKIE
     assert event.fd == 7
     assert event.direction is Direction.SEND
     assert event.call_id == 99 and event.call_len == 16 and event.offset == 0
@@ -80,21 +95,51 @@ def test_ipv6_and_mapped_ipv4() -> None:
 
 
 def test_close_record() -> None:
-    raw = header(RecordKind.CONN_CLOSE) + CONN_CLOSE_FIELDS.pack(9, 2, 300)
+    raw = header(RecordKind.CONN_CLOSE) + close_fields(9, 2, 300)
     event = decode_record(raw, CLOCK)
     assert isinstance(event, ConnClose)
     assert (event.fd, event.lost_records, event.lost_bytes) == (9, 2, 300)
     assert event.tid == 43
+    assert (event.conn_id, event.ssl, event.socket_cookie) == (17, SSL, COOKIE)
+    assert event.cause is CloseCause.TCP and not event.deferred
+
+
+@pytest.mark.parametrize(("code", "cause"), [
+    (1, CloseCause.TCP), (2, CloseCause.SSL_MOVED), (3, CloseCause.SSL_FREE),
+    (4, CloseCause.SSL_CLEAR), (99, CloseCause.UNKNOWN),
+])
+def test_close_causes(code: int, cause: CloseCause) -> None:
+    event = decode_record(header(RecordKind.CONN_CLOSE) + close_fields(cause=code), CLOCK)
+    assert isinstance(event, ConnClose) and event.cause is cause
+
+
+def test_deferred_close_and_unknown_cookie() -> None:
+    raw = header(RecordKind.CONN_CLOSE, cookie=0) + close_fields(cause=3, flags=1)
+    event = decode_record(raw, CLOCK)
+    assert isinstance(event, ConnClose)
+    assert event.deferred and event.socket_cookie is None
+
+
+def test_read_fault_record_has_no_payload() -> None:
+    fields = TLS_DATA_FIELDS.pack(
+        7, 0, DATA_FLAG_READ_FAULT | DATA_FLAG_LAST_CHUNK, 99, 40000, 32768, 7232, 0, 0,
+        bytes(20), bytes(20),
+    )
+    event = decode_record(header(RecordKind.TLS_DATA) + fields, CLOCK)  # no data[] follows
+    assert isinstance(event, ReadFault)
+    assert (event.conn_id, event.fd, event.direction, event.call_len, event.offset,
+            event.bytes) == (17, 7, Direction.RECV, 40000, 32768, 7232)
+    assert (event.pid, event.tid, event.comm, event.ssl) == (42, 43, "curl", SSL)
 
 
 def test_close_seen_outside_the_process_has_no_thread() -> None:
-    raw = header(RecordKind.CONN_CLOSE, tid=0) + CONN_CLOSE_FIELDS.pack(9, 0, 0)
+    raw = header(RecordKind.CONN_CLOSE, tid=0) + close_fields()
     event = decode_record(raw, CLOCK)
     assert isinstance(event, ConnClose) and event.tid is None and event.pid == 42
 
 
 def test_comm_with_invalid_utf8_is_replaced() -> None:
-    raw = header(RecordKind.CONN_CLOSE, comm=b"a\xffb\0junk") + CONN_CLOSE_FIELDS.pack(1, 0, 0)
+    raw = header(RecordKind.CONN_CLOSE, comm=b"a\xffb\0junk") + close_fields(1)
     event = decode_record(raw, CLOCK)
     assert event.comm == "a\ufffdb"
 
@@ -102,10 +147,10 @@ def test_comm_with_invalid_utf8_is_replaced() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        (b"\x01\x00", "shorter than its 48-byte header"),
-        (header(RecordKind.TLS_DATA) + b"\0" * 10, "tls_data_event of 58 bytes"),
+        (b"\x01\x00", "shorter than its 64-byte header"),
+        (header(RecordKind.TLS_DATA) + b"\0" * 10, "tls_data_event of 74 bytes"),
         (data_record(b"abc", data_len=10), "claims 10 payload bytes but carries 3"),
-        (header(RecordKind.CONN_CLOSE), "conn_close_event of 48 bytes"),
+        (header(RecordKind.CONN_CLOSE), "conn_close_event of 64 bytes"),
         (header(77), "unknown record kind 77"),
     ],
 )

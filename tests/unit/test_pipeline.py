@@ -9,6 +9,8 @@ import pytest
 
 from ecapture.events import (
     CONN_CLOSE_FIELDS,
+    DATA_FLAG_LAST_CHUNK,
+    DATA_FLAG_READ_FAULT,
     RECORD_HEADER,
     TLS_DATA_FIELDS,
     Clock,
@@ -46,19 +48,30 @@ class RecordingWriter:
         return [item for item in self.items if isinstance(item, Lost)]
 
 
+SSL = 0x5500AA00
+
+
 def data(payload: bytes, *, direction: int = 1, flags: int = 1, call_len: int | None = None,
-         offset: int = 0, lost: int = 0, conn_id: int = 5) -> bytes:
-    header = RECORD_HEADER.pack(RecordKind.TLS_DATA, 10, 11, 0, 1, conn_id, b"curl")
+         offset: int = 0, lost: int = 0, conn_id: int = 5, ts: int = 1,
+         data_len: int | None = None) -> bytes:
+    header = RECORD_HEADER.pack(RecordKind.TLS_DATA, 10, 11, 0, ts, conn_id, SSL, 77, b"curl")
     fields = TLS_DATA_FIELDS.pack(
         3, direction, flags, 1, len(payload) if call_len is None else call_len, offset,
-        len(payload), lost, lost * 100, ADDRESS, ADDRESS,
+        len(payload) if data_len is None else data_len, lost, lost * 100, ADDRESS, ADDRESS,
     )
     return header + fields + payload
 
 
-def close(lost: int = 0, conn_id: int = 5) -> bytes:
-    header = RECORD_HEADER.pack(RecordKind.CONN_CLOSE, 10, 11, 0, 2, conn_id, b"curl")
-    return header + CONN_CLOSE_FIELDS.pack(3, lost, lost * 100)
+def close(lost: int = 0, conn_id: int = 5, *, ts: int = 2, deferred: bool = False,
+          cause: int = 1) -> bytes:
+    header = RECORD_HEADER.pack(RecordKind.CONN_CLOSE, 10, 11, 0, ts, conn_id, SSL, 77, b"curl")
+    return header + CONN_CLOSE_FIELDS.pack(3, lost, lost * 100, cause, int(deferred))
+
+
+def fault(missing: int, *, conn_id: int = 5, offset: int = 0, ts: int = 1) -> bytes:
+    """A chunk the kernel could not read: no payload, data_len = bytes missing."""
+    return data(b"", flags=DATA_FLAG_READ_FAULT | DATA_FLAG_LAST_CHUNK, call_len=offset + missing,
+                offset=offset, conn_id=conn_id, ts=ts, data_len=missing)
 
 
 def test_data_and_close_reach_every_writer_and_are_flushed() -> None:
@@ -152,3 +165,84 @@ def test_a_parser_bug_does_not_stop_the_capture(caplog: pytest.LogCaptureFixture
     assert any(isinstance(item, ConnClose) for item in writer.items)
     assert pipeline.counters.parser_errors == 3
     assert "ZeroDivisionError: a parser bug" in caplog.text
+
+
+GET = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def test_read_fault_is_a_lost_item_of_its_connection_and_a_gap_for_the_parser() -> None:
+    writer = RecordingWriter()
+    pipeline = Pipeline([writer], tracker=ConnectionTracker(), clock=Clock(0))
+    pipeline.handle_batch([
+        data(GET, direction=1, ts=1),
+        fault(4000, offset=0, ts=2),  # part of the response could not be read
+        data(b"tail of the lost response", direction=0, ts=3),
+        data(GET, direction=1, ts=4),
+        data(OK, direction=0, ts=5),
+    ])
+    [lost] = writer.lost()
+    assert (lost.reason, lost.records, lost.bytes, lost.conn_id, lost.fd, lost.pid) == (
+        LossReason.READ_FAULT, 1, 4000, 5, 3, 10)
+    assert not any(isinstance(item, TlsData) and not item.data for item in writer.items)
+    exchanges = [item for item in writer.items if isinstance(item, HttpExchange)]
+    # the first exchange ends incomplete at the gap; the parser finds the next one
+    assert [(e.complete, e.response is not None and e.response.body) for e in exchanges] == [
+        (False, False), (True, b"ok")]
+    totals = pipeline.counters.lost[LossReason.READ_FAULT]
+    assert (totals.records, totals.bytes) == (1, 4000)
+
+
+def test_read_fault_before_any_data_makes_the_connection_start_mid_stream() -> None:
+    writer = RecordingWriter()
+    pipeline = Pipeline([writer], tracker=ConnectionTracker(), clock=Clock(0))
+    pipeline.handle_batch([fault(100, conn_id=8), data(b"lo\r\n\r\n", conn_id=8)])
+    shown = [item for item in writer.items if isinstance(item, Unparsed)]
+    assert [item.reason for item in shown] == ["mid-stream"]
+
+
+def test_deferred_close_waits_for_the_main_ring_to_catch_up() -> None:
+    writer = RecordingWriter()
+    pipeline = Pipeline([writer], tracker=ConnectionTracker(), clock=Clock(0))
+    pipeline.handle_batch([data(GET, direction=1, ts=10)])
+    # the main ring was full at ts 20: the close came through the spare ring
+    pipeline.park([close(ts=20, deferred=True)])
+    assert not any(isinstance(item, ConnClose) for item in writer.items)
+    # older records still in the main ring come first, then a newer one releases it
+    pipeline.handle_batch([data(OK, direction=0, ts=15)])
+    assert not any(isinstance(item, ConnClose) for item in writer.items)
+    pipeline.handle_batch([data(b"other", conn_id=6, ts=21)])
+    kinds = [type(item).__name__ for item in writer.items]
+    assert kinds.count("ConnClose") == 1
+    assert kinds.index("HttpExchange") < kinds.index("Lost") == kinds.index("ConnClose") - 1
+    [lost] = writer.lost()
+    assert (lost.reason, lost.records, lost.bytes, lost.conn_id) == (LossReason.RING_FULL, 1, 0, 5)
+    assert pipeline.counters.connections_closed == 1
+
+
+def test_deferred_close_is_released_by_a_quiet_tick_and_at_finish() -> None:
+    writer = RecordingWriter()
+    pipeline = Pipeline([writer], clock=Clock(0))
+    pipeline.handle_batch([data(b"x", ts=1)])
+    pipeline.tick(0)
+    pipeline.park([close(ts=5, deferred=True)])
+    pipeline.tick(0)  # no main-ring batch since the last tick: it is empty
+    assert sum(isinstance(item, ConnClose) for item in writer.items) == 1
+    pipeline.park([close(ts=6, conn_id=9, deferred=True)])
+    pipeline.handle_batch([data(b"y", ts=3)])  # older than the close: still held
+    pipeline.tick(0)  # a batch came since: not yet
+    assert sum(isinstance(item, ConnClose) for item in writer.items) == 1
+    pipeline.finish()
+    assert [item.conn_id for item in writer.items if isinstance(item, ConnClose)] == [5, 9]
+    assert [lost.conn_id for lost in writer.lost()] == [5, 9]
+
+
+def test_tick_never_ends_an_idle_connection() -> None:
+    writer = RecordingWriter()
+    pipeline = Pipeline([writer], tracker=ConnectionTracker(), clock=Clock(0))
+    pipeline.handle_batch([data(GET, direction=1, ts=1)])
+    for minute in range(1, 60):
+        pipeline.tick(minute * 60 * 10**9)
+    pipeline.handle_batch([data(OK, direction=0, ts=3600 * 10**9)])
+    [exchange] = [item for item in writer.items if isinstance(item, HttpExchange)]
+    assert exchange.complete and exchange.response is not None

@@ -2,8 +2,10 @@
 
 init → start → run → stop → close, after eCapture's IModule: `init` checks the
 kernel and finds what to hook, `start` loads and attaches the BPF objects,
-`run` reads and dispatches until `stop`, `close` detaches, drains the readers,
-flushes the processor and writers and frees everything. A concrete module
+`run` reads and dispatches until `stop`, `close` detaches, drains the readers
+(within the configured drain timeout; a second `stop` ends it at once, and
+what is left is counted as lost, reason `stopped`), flushes the processor and
+writers and frees everything. A concrete module
 declares data (modules/parts.py) and overrides a few small hooks; the base owns
 the objects, readers, decoding, dispatch and loss counts.
 
@@ -75,9 +77,10 @@ from ecapture.bpf import (
     RingReader,
     check_environment,
 )
+from ecapture.bpf.ringpos import RingPositions
 from ecapture.config import GlobalConfig
-from ecapture.errors import BpfError, EcaptureError
-from ecapture.events import LossReason, Lost, decode_record
+from ecapture.errors import BpfError, EcaptureError, SinkError
+from ecapture.events import TLS_DATA_HEADER_SIZE, LossReason, Lost, decode_record
 from ecapture.modules.parts import (
     AttachStep,
     BpfObject,
@@ -113,6 +116,8 @@ class Stat(enum.IntEnum):
     TRUNCATED_CALLS = 3
     TRUNCATED_BYTES = 4
     READ_FAULTS = 5
+    CLOSES_DEFERRED = 6
+    CLOSES_LOST = 7
 
 
 # tls.bpf.c's counters, as the TLS module reports them.
@@ -132,6 +137,27 @@ class ModuleState(enum.Enum):
     CLOSED = "closed"
 
 
+# Records handed to the pipeline at a time, each slice flushed: when the sink
+# fails, at most one slice is counted undelivered that partly reached it; while
+# draining, a second signal waits for at most one slice (~10 ms). Then how
+# often the drain logs its progress.
+SLICE_RECORDS = 1024
+DRAIN_PROGRESS_S = 1.0
+_monotonic = time.monotonic  # the drain's clock; tests replace it
+
+Polled = Sequence[bytes | LostSamples]  # what one poll of a ring or perf reader gives
+
+
+def _raw_records(batch: Polled) -> list[bytes]:
+    """The records of a poll (a perf reader's in-band loss counts left out)."""
+    return [item for item in batch if not isinstance(item, LostSamples)]
+
+
+def _payload_bytes(records: Sequence[bytes]) -> int:
+    """Payload of raw records read but not handed on (a close record: 0)."""
+    return sum(max(len(raw) - TLS_DATA_HEADER_SIZE, 0) for raw in records)
+
+
 class Module(abc.ABC):
     """Base of every capture module; see the module docstring."""
 
@@ -141,6 +167,10 @@ class Module(abc.ABC):
     ring_map: ClassVar[str] = "events"
     stats_map: ClassVar[str | None] = "stats"
     stats_layout: ClassVar[StatsLayout | None] = TLS_STATS
+    # A small ring the kernel puts records in when ring_map is full (closes):
+    # read every STATS_INTERVAL_S and at stop, handed to Pipeline.park.
+    spare_ring_map: ClassVar[str | None] = None
+    _spare_reader: RingReader | None = None
     # Item types the module's processor (or, without one, its decoders) hands
     # to the writers: each needs a JSON and a text renderer (output/render.py).
     event_types: ClassVar[tuple[type, ...]] = ()
@@ -151,9 +181,12 @@ class Module(abc.ABC):
         self.state = ModuleState.NEW
         self._stack = ExitStack()
         self._stop = threading.Event()
+        self._abort = threading.Event()  # a second stop(): end the drain now
+        self._sink_failed = False
         self._loaded: LoadedObject | None = None  # the first object
         self._objects: dict[str, LoadedObject] = {}
         self._reader: RingReader | None = None  # the first reader, when it is a ring
+        self._reader_map: str | None = None  # its map: the drain reads its positions
         self._readers: list[RingReader | PerfReader] = []
         self._undo = ExitStack()  # one undo per attach step
         self._pipeline: Pipeline | None = None
@@ -222,6 +255,10 @@ class Module(abc.ABC):
         """The per-connection processor, or None when the module needs none."""
         return None
 
+    def after_attach(self) -> None:  # noqa: B027 (an optional hook)
+        """Runs once every step is attached, before `ready` is logged: e.g. report
+        what the probes cannot have seen (calls already in flight)."""
+
     # ----- lifecycle --------------------------------------------------------------------
 
     def init(self, writers: Sequence[Writer]) -> None:
@@ -263,6 +300,7 @@ class Module(abc.ABC):
             self.links_attached += 1
             log.debug("attached %s", step.label or getattr(step, "program", step))
         self.state = ModuleState.STARTED
+        self.after_attach()
         log.info(
             "ready: %d probes attached, %s %d MiB", self.links_attached,
             "ring" if len(self._readers) == 1 else f"{len(self._readers)} readers,",
@@ -305,7 +343,7 @@ class Module(abc.ABC):
             if reader.kind is ReaderKind.RING:
                 opened = loaded.ring_reader(reader.map)
                 if self._reader is None:
-                    self._reader = opened
+                    self._reader, self._reader_map = opened, reader.map
             else:
                 opened = loaded.perf_reader(reader.map, pages_per_cpu=reader.pages_per_cpu)
             self._stack.callback(opened.close)
@@ -317,13 +355,17 @@ class Module(abc.ABC):
         if not self._readers or pipeline is None:
             raise EcaptureError(f"module {self.name} runs before start()")
         next_stats = time.monotonic() + STATS_INTERVAL_S
-        while not self._stop.is_set():
-            self._poll_once(POLL_INTERVAL_MS)
-            now = time.monotonic()
-            if now >= next_stats:
-                next_stats = now + STATS_INTERVAL_S
-                self._check_kernel_stats()
-                pipeline.tick(time.time_ns())
+        try:
+            while not self._stop.is_set():
+                self._poll_once(POLL_INTERVAL_MS)
+                now = time.monotonic()
+                if now >= next_stats:
+                    next_stats = now + STATS_INTERVAL_S
+                    self._check_kernel_stats()
+                    pipeline.tick(time.time_ns())
+        except SinkError:
+            self._sink_failed = True
+            raise
 
     def _poll_once(self, timeout_ms: int) -> int:
         """One poll of every reader; returns the records handled."""
@@ -338,11 +380,25 @@ class Module(abc.ABC):
             select.select([reader.fileno() for reader in readers], [], [], timeout_ms / 1000)
         return sum(self._handle(reader, reader.poll(0)) for reader in readers)
 
-    def _handle(self, reader: RingReader | PerfReader,
-                batch: Sequence[bytes | LostSamples]) -> int:
+    def _handle(self, reader: RingReader | PerfReader, batch: Polled) -> int:
+        """Hand one poll's records on, SLICE_RECORDS at a time."""
+        for index in range(0, len(batch), SLICE_RECORDS):
+            self._handle_slice(reader, batch, index)
+        return len(batch)
+
+    def _handle_slice(self, reader: RingReader | PerfReader, batch: Polled, index: int) -> None:
+        """batch[index:index + SLICE_RECORDS] to the pipeline (flushed); when the
+        sink fails, the rest of the batch was read and never delivered."""
+        try:
+            self._dispatch(reader, batch[index:index + SLICE_RECORDS])
+        except SinkError:
+            self._count_left(_raw_records(batch[index:]), None, LossReason.UNDELIVERED)
+            raise
+
+    def _dispatch(self, reader: RingReader | PerfReader, batch: Polled) -> None:
         pipeline = self._pipeline
         if not batch or pipeline is None:
-            return 0
+            return
         if isinstance(reader, PerfReader):
             records: list[bytes] = []
             for item in batch:
@@ -356,16 +412,27 @@ class Module(abc.ABC):
             pipeline.handle_batch(records)
         else:
             pipeline.handle_batch(batch)  # type: ignore[arg-type]  # a ring has no LostSamples
-        return len(batch)
 
     def stop(self) -> None:
-        """Ask run() to return; safe from a signal handler or another thread."""
+        """Ask run() to return; a second call also ends close()'s drain at once.
+        Safe from a signal handler or another thread."""
+        if self._stop.is_set():
+            self._abort.set()
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        """stop() was called at least once."""
+        return self._stop.is_set()
+
     def close(self) -> None:
-        """Detach, drain, flush and close everything; idempotent."""
+        """Detach, drain, flush and close everything; idempotent.
+
+        A sink that fails during the drain ends it (what is left is counted
+        as undelivered); its error is raised once the summary is logged."""
         if self.state is ModuleState.CLOSED:
             return
+        failure: SinkError | None = None
         try:
             if self.state is ModuleState.STARTED and self._loaded is not None:
                 # Detach first: under load the ring refills as fast as it is
@@ -373,21 +440,161 @@ class Module(abc.ABC):
                 self._undo.close()
                 for loaded in self._objects.values():
                     loaded.detach()
-                self._drain()
+                # The drain's time counts from here: detaching (~0.75 s for 9
+                # uprobes here, each unregistration waits for RCU; longer on a
+                # loaded machine) must not eat the time to write the ring out.
+                try:
+                    self._drain(_monotonic())
+                except SinkError as error:
+                    self._sink_failed = True
+                    failure = error
                 self._report_unattributed_losses()
         finally:
+            # Read while the objects are open, whatever failed: the summary
+            # must say what the kernel submitted and lost.
+            if self._loaded is not None and not self._loaded.closed:
+                try:
+                    self._kernel_stats = self.read_kernel_stats()
+                except BpfError as error:
+                    log.warning("cannot read the kernel's counters: %s", error)
             self.state = ModuleState.CLOSED
-            self._stack.close()
-            self._log_summary()
+            try:
+                self._stack.close()
+            finally:
+                self._log_summary()
+        if failure is not None:
+            raise failure
 
     # ----- internals --------------------------------------------------------------------
 
-    def _drain(self) -> None:
-        """Consume what is still in the (detached, hence finite) readers."""
+    def _drain(self, started: float) -> None:
+        """Hand on what the (detached, hence finite) readers still hold.
+
+        Until `drain_timeout_s` after `started`, progress logged every second; a second
+        stop() ends it after the current slice; what is left then is reported
+        as lost, reason `stopped`. After a sink failure nothing is handed on:
+        what the readers hold is counted as `undelivered`."""
         if self._pipeline is None:
             return
-        while self._poll_once(0):
-            pass
+        ring = self._ring_positions()
+        try:
+            if self._sink_failed:
+                self._count_left(self._unread(ring), ring, LossReason.UNDELIVERED)
+                return
+            left = self._drain_until_done(ring, started)
+            if left is not None:
+                self._count_left([*left, *self._unread(ring)], ring, LossReason.STOPPED)
+        finally:
+            if ring is not None:
+                ring.close()
+
+    def _unread(self, ring: RingPositions | None) -> list[bytes]:
+        """What the readers still hold, read to be counted (never decoded); with
+        a view of the first ring's positions, that ring is counted from its
+        headers instead and left alone."""
+        left: list[bytes] = []
+        for reader in self._readers:
+            if ring is not None and reader is self._reader:
+                continue
+            while batch := reader.poll(0):
+                left += _raw_records(batch)
+        return left
+
+    def _drain_until_done(
+        self, ring: RingPositions | None, started: float,
+    ) -> list[bytes] | None:
+        """Drain; None when the readers are empty, else the records read but not
+        handed on when the time was up or a second stop() came."""
+        deadline = started + self.config.drain_timeout_s
+        next_progress = started + DRAIN_PROGRESS_S
+        done_records = done_bytes = 0
+        while not self._abort.is_set() and _monotonic() < deadline:
+            handled = False
+            for reader in self._readers:
+                batch = reader.poll(0)
+                if not batch:
+                    continue
+                handled = True
+                for index in range(0, len(batch), SLICE_RECORDS):
+                    try:
+                        self._dispatch(reader, batch[index:index + SLICE_RECORDS])
+                    except SinkError:
+                        left = [*_raw_records(batch[index:]), *self._unread(ring)]
+                        self._count_left(left, ring, LossReason.UNDELIVERED)
+                        raise
+                    piece = _raw_records(batch[index:index + SLICE_RECORDS])
+                    done_records += len(piece)
+                    done_bytes += sum(map(len, piece))
+                    now = _monotonic()
+                    if self._abort.is_set() or now >= deadline:
+                        return _raw_records(batch[index + SLICE_RECORDS:])
+                    if now >= next_progress:
+                        next_progress = now + DRAIN_PROGRESS_S
+                        self._log_drain_progress(ring, now - started, done_records, done_bytes)
+            if not handled:
+                return None
+        return []
+
+    def _log_drain_progress(
+        self, ring: RingPositions | None, elapsed: float, records: int, nbytes: int,
+    ) -> None:
+        if ring is None:
+            log.info("stopping: %d records written in %.0f s; the ring is not empty yet",
+                     records, elapsed)
+            return
+        left = ring.backlog_bytes()
+        # In the ring each record also has an 8-byte header and is padded to
+        # 8 bytes: ~12 bytes more than its length, on average.
+        average = (nbytes + 12 * records) / max(records, 1)
+        log.info(
+            "stopping: %d records written in %.0f s; %.1f MiB (~%d records) left in the ring; "
+            "at most %g s in all (--drain-timeout), a second signal stops now",
+            records, elapsed, left / (1 << 20), left / average, self.config.drain_timeout_s,
+            extra={"capture_module": self.name},
+        )
+
+    def _ring_positions(self) -> RingPositions | None:
+        """A read-only view of the first ring's positions, or None (then what is
+        left is counted by consuming it)."""
+        if self._loaded is None or self._reader_map is None:
+            return None
+        try:
+            ring_map = self._loaded.map(self._reader_map)
+            return RingPositions(ring_map.fd, ring_map.max_entries)
+        except BpfError as error:
+            log.warning("cannot read the ring's positions: %s", error)
+            return None
+
+    def _count_left(
+        self, read: Sequence[bytes], ring: RingPositions | None, reason: LossReason,
+    ) -> None:
+        """Report as lost the records `read` but not handed on, plus, with a
+        `ring`, what it still holds (counted from its record headers)."""
+        pipeline = self._pipeline
+        assert pipeline is not None
+        records, nbytes, exact = len(read), _payload_bytes(read), True
+        if ring is not None:
+            backlog = ring.backlog(header_size=TLS_DATA_HEADER_SIZE)
+            records += backlog.records
+            nbytes += backlog.payload
+            exact = backlog.exact
+        if not records:
+            return
+        if reason is LossReason.UNDELIVERED:
+            where = " or ".join(
+                ([] if not read else ["read"]) + ([] if ring is None else ["still in the ring"]))
+            why = f"{where}, never delivered: the events sink failed"
+        elif self._abort.is_set():
+            why = "still in the ring at the second stop signal"
+        else:
+            why = f"still in the ring after --drain-timeout {self.config.drain_timeout_s:g} s"
+        log.warning(
+            "%d records (%d payload bytes%s) %s; counted as lost (reason %s)",
+            records, nbytes, "" if exact else ", estimated from the ring's positions", why,
+            reason.value, extra={"capture_module": self.name, "count": records},
+        )
+        # After a sink failure the writers drop it; the summary still counts it.
+        pipeline.report_loss(Lost(time.time_ns(), reason, records, nbytes))
 
     def read_kernel_stats(self) -> dict[int, int]:
         """Sum the per-CPU counters of the stats map (of every object that has it)."""
@@ -407,6 +614,8 @@ class Module(abc.ABC):
         return totals
 
     def _check_kernel_stats(self) -> None:
+        """Every STATS_INTERVAL_S: the kernel counters, and the spare ring."""
+        self._poll_spare_ring()
         previous = self._kernel_stats
         current = self.read_kernel_stats()
         self._kernel_stats = current
@@ -419,13 +628,44 @@ class Module(abc.ABC):
                 "ring buffer full: %d records lost in the last %.0f s (raise --mapsize)",
                 lost, STATS_INTERVAL_S, extra={"capture_module": self.name, "count": lost},
             )
+        if self.spare_ring_map is None:
+            return
+        closes = current.get(Stat.CLOSES_LOST, 0) - previous.get(Stat.CLOSES_LOST, 0)
+        if closes:
+            log.warning(
+                "%d connection closes lost (both rings full): those connections stay open "
+                "until the next use of their SSL* or the end", closes,
+                extra={"capture_module": self.name, "count": closes},
+            )
+
+    def _poll_spare_ring(self) -> None:
+        """Hand what the spare ring holds to the pipeline (opened on first use)."""
+        loaded, pipeline = self._loaded, self._pipeline
+        if self.spare_ring_map is None or loaded is None or pipeline is None or loaded.closed:
+            return
+        if self._spare_reader is None:
+            self._spare_reader = loaded.ring_reader(self.spare_ring_map)
+            self._stack.callback(self._spare_reader.close)
+        while batch := self._spare_reader.poll(0):
+            pipeline.park(batch)
 
     def _report_unattributed_losses(self) -> None:
         """Kernel losses never reported in-band (no later record of that connection)."""
         pipeline = self._pipeline
         if pipeline is None:
             return
+        # Closes deferred to the spare ring are ring-full records reported on
+        # their connection: deliver them before the balance is drawn.
+        self._poll_spare_ring()
+        pipeline.release_parked()
         self._kernel_stats = self.read_kernel_stats()
+        if self.spare_ring_map is not None:
+            deferred = self._kernel_stats.get(Stat.CLOSES_DEFERRED, 0)
+            lost_closes = self._kernel_stats.get(Stat.CLOSES_LOST, 0)
+            if deferred or lost_closes:
+                log.info("%d connection closes found the ring full: %d delivered late through "
+                         "the spare ring, %d lost (both rings full)", deferred + lost_closes,
+                         deferred, lost_closes, extra={"capture_module": self.name})
         layout = self.stats_layout
         if layout is None or layout.ring_full_records is None:
             return

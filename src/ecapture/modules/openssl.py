@@ -42,6 +42,10 @@ ENTRY_PROGRAMS = {
 RETURN_PROGRAM = "call_return"
 HANDSHAKE_PROGRAM = "handshake_enter"
 HANDSHAKE_SYMBOL = "SSL_do_handshake"
+# Entry probes that end the connection of an SSL* (bpf/tls.bpf.c end_ssl):
+# they cover transports without a TCP close (memory BIOs, unix sockets) and
+# an SSL* reused for the next connection.
+END_PROGRAMS = {"SSL_free": "ssl_free_enter", "SSL_clear": "ssl_clear_enter"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,6 +80,8 @@ class HookedLibrary:
     # SSL_do_handshake's file offset: probing it names the fd of a connection
     # before its first read (None when the library does not export it).
     handshake_offset: int | None
+    # symbol -> file offset of SSL_free/SSL_clear, those the library exports
+    end_offsets: tuple[tuple[str, int], ...] = ()
 
 
 @register("tls", "openssl")
@@ -84,6 +90,7 @@ class OpensslModule(Module):
 
     config_type: ClassVar[type[GlobalConfig]] = TlsConfig
     object_file: ClassVar[str] = "tls.bpf.o"
+    spare_ring_map: ClassVar[str | None] = "spare_closes"
     summary: ClassVar[str] = "capture TLS plaintext of OpenSSL/BoringSSL programs"
 
     def __init__(self, config: GlobalConfig) -> None:
@@ -165,7 +172,9 @@ class OpensslModule(Module):
             version = detect_ssl_version(path)
             handshake = (executable.offset_of(HANDSHAKE_SYMBOL)
                          if executable.has(HANDSHAKE_SYMBOL) else None)
-            library = HookedLibrary(path, version, tuple(hooks), handshake)
+            ends = tuple((symbol, executable.offset_of(symbol)) for symbol in END_PROGRAMS
+                         if executable.has(symbol))
+            library = HookedLibrary(path, version, tuple(hooks), handshake, ends)
             self.libraries.append(library)
             log.info(
                 "%s: %s %s; %s", path, version.flavor, version.version or "(version unknown)",
@@ -214,10 +223,12 @@ class OpensslModule(Module):
                                        library.handshake_offset, label=label))
                 specs.append(ProbeSpec(RETURN_PROGRAM, library.path, library.handshake_offset,
                                        retprobe=True, label=f"{label} (return)"))
+            for symbol, offset in library.end_offsets:
+                specs.append(ProbeSpec(END_PROGRAMS[symbol], library.path, offset,
+                                       label=f"{library.path.name}:{symbol}"))
         return specs
 
-    def start(self) -> None:
-        super().start()
+    def after_attach(self) -> None:
         self._report_calls_in_flight()
 
     def _report_calls_in_flight(self) -> None:

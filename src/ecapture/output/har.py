@@ -22,9 +22,10 @@ import msgspec
 
 from ecapture import __version__
 from ecapture.errors import EcaptureError
+from ecapture.files import open_private_file
 from ecapture.output.base import CutCount
 from ecapture.output.content import exchange_url, header_value, header_values, view_body
-from ecapture.output.sinks import create_private_file, write_all
+from ecapture.output.sinks import write_all
 from ecapture.processor.model import Headers, HttpExchange, HttpRequest, HttpResponse
 
 HAR_VERSION = "1.2"
@@ -209,7 +210,7 @@ class HarWriter:
         self.module = module
         self.cut = CutCount()  # HAR keeps whole bodies: -t does not apply
         self._entries: list[Json] = []
-        self._fd: int | None = create_private_file(path, "--har")
+        self._fd: int | None = open_private_file(path, "--har")
 
     def write(self, item: object) -> None:  # HTTP exchanges only
         if isinstance(item, HttpExchange):

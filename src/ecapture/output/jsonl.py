@@ -63,7 +63,9 @@ class DataEvent(msgspec.Struct):
     comm: str
     uid: int | None
     fd: int
-    conn_id: int
+    conn_id: int  # unique for the capture
+    ssl: int  # the SSL* in the process (reused by allocators: not an id)
+    socket_cookie: int | None  # SO_COOKIE of its socket, null when not known
     direction: str
     src: str | None
     dst: str | None
@@ -83,6 +85,9 @@ class CloseEvent(msgspec.Struct):
     uid: int | None
     fd: int
     conn_id: int
+    ssl: int
+    socket_cookie: int | None
+    cause: str  # "tcp", "ssl_free", "ssl_clear", "ssl_moved"
 
 
 class LostEvent(msgspec.Struct):
@@ -213,7 +218,7 @@ class JsonLinesWriter:
         texts = self._endpoint_texts  # str() is never empty, so `or` means "not cached"
         return DataEvent(
             "data", self.module, item.timestamp_ns, item.pid, item.tid, item.comm, item.uid,
-            item.fd, item.conn_id, direction,
+            item.fd, item.conn_id, item.ssl, item.socket_cookie, direction,
             None if src is None else texts.get(src) or self._endpoint_text(src),
             None if dst is None else texts.get(dst) or self._endpoint_text(dst),
             item.call_len, item.offset, truncated, data,
@@ -371,7 +376,7 @@ def _render_unparsed(writer: JsonLinesWriter, item: Unparsed) -> None:
 def _render_close(writer: JsonLinesWriter, item: ConnClose) -> CloseEvent:
     return CloseEvent(
         "close", writer.module, item.timestamp_ns, item.pid, item.tid, item.comm,
-        item.uid, item.fd, item.conn_id,
+        item.uid, item.fd, item.conn_id, item.ssl, item.socket_cookie, item.cause.value,
     )
 
 

@@ -2,8 +2,11 @@
 
 Each sink keeps what it is given and makes one OS write (or one
 `sendall`) per `flush()`, i.e. per reader batch. A failed delivery raises
-`EcaptureError` and the capture stops: traffic must not pass unrecorded
+`SinkError` and the capture stops: traffic must not pass unrecorded
 while the tool looks healthy (mitmproxy's save addon does the same).
+After that one error the sink is dead: what the shutdown still writes is
+dropped without a second error, and the module counts the records it read
+but could not deliver (`undelivered` in the exit summary).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import os
 import socket
 from urllib.parse import urlsplit
 
-from ecapture.errors import ConfigError, EcaptureError
+from ecapture.errors import ConfigError, EcaptureError, SinkError
+from ecapture.files import open_private_file
 from ecapture.output.base import Sink
 
 # Deliver early when a batch grows past this, so memory stays bounded.
@@ -22,27 +26,6 @@ CONNECT_TIMEOUT_S = 5.0
 # A peer that accepts nothing for this long stalls the capture: stop instead.
 SEND_TIMEOUT_S = 30.0
 IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one writev may take
-PRIVATE_FILE_MODE = 0o600  # captured plaintext is as secret as the traffic
-
-
-def create_private_file(path: str, flag: str) -> int:
-    """Open `path` for writing, truncated, mode 0600 from the first moment.
-
-    `os.open` applies the mode at creation (minus the umask, which cannot
-    add bits); `fchmod` also narrows a file that already existed.
-    """
-    try:
-        fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE_MODE
-        )
-    except OSError as error:
-        raise ConfigError(f"{flag} {path}: cannot create the file: {error.strerror}") from error
-    try:
-        os.fchmod(fd, PRIVATE_FILE_MODE)
-    except OSError as error:
-        os.close(fd)
-        raise ConfigError(f"{flag} {path}: cannot set mode 0600: {error.strerror}") from error
-    return fd
 
 
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -107,26 +90,33 @@ class _BufferedSink(abc.ABC):
         self._name = name
         self._pending = PendingBytes()
         self._closed = False
+        self.failed: SinkError | None = None  # the delivery error, once one happened
+        self.dropped_bytes = 0  # given after the failure, never delivered
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise EcaptureError(f"write to {self._name} after it was closed")
+        if self.failed is not None:
+            self.dropped_bytes += len(data)
+            return
         self._pending.add(data)
         if self._pending.size >= HIGH_WATER_BYTES:
             self.flush()
 
     def flush(self) -> None:
         chunks = self._pending.take()
-        if not chunks:
+        if not chunks or self.failed is not None:
             return
         try:
             self._deliver(chunks)
         except OSError as error:
             reason = "timed out" if isinstance(error, TimeoutError) else error.strerror or error
-            raise EcaptureError(
+            self.failed = SinkError(
                 f"{self._verb} events to {self._name} failed: {reason}; "
                 "stopping so that no traffic passes unrecorded"
-            ) from error
+            )
+            self.dropped_bytes += sum(map(len, chunks))
+            raise self.failed from error
 
     def close(self) -> None:
         if self._closed:
@@ -208,13 +198,13 @@ def open_sink(address: str | None, *, flag: str = "--eventaddr") -> Sink:
     if address is None or address == "-":
         return FdSink(1, "stdout", owns_fd=False)
     if "://" not in address:
-        return FdSink(create_private_file(address, flag), address, owns_fd=True)
+        return FdSink(open_private_file(address, flag), address, owns_fd=True)
     scheme = address.split("://", 1)[0].lower()
     if scheme == "file":
         path = address[len("file://"):]
         if not path:
             raise ConfigError(f"{flag} {address}: expected file://PATH")
-        return FdSink(create_private_file(path, flag), path, owns_fd=True)
+        return FdSink(open_private_file(path, flag), path, owns_fd=True)
     if scheme == "tcp":
         return _tcp_sink(address, flag)
     raise ConfigError(

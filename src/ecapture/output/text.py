@@ -183,7 +183,7 @@ class TextWriter:
             size += f" (offset {event.offset} of a {event.call_len}-byte call)"
         head = (
             f"{colors.bold}{self._time(event.timestamp_ns)} {event.comm} pid {event.pid} "
-            f"fd {event.fd} {event.direction.label} {_endpoint(event.src)} → "
+            f"fd {event.fd} conn {event.conn_id} {event.direction.label} {_endpoint(event.src)} → "
             f"{_endpoint(event.dst)} {size} [{item.reason}]{colors.reset}\n"
         )
         parts = [head]
@@ -279,7 +279,8 @@ class TextWriter:
         state = "" if exchange.complete else " [incomplete]"
         parts = [
             f"{colors.bold}{self._time(exchange.started_ns)} {connection.comm} "
-            f"pid {connection.pid} fd {connection.fd} {_endpoint(connection.client)} → "
+            f"pid {connection.pid} fd {connection.fd} conn {connection.conn_id} "
+            f"{_endpoint(connection.client)} → "
             f"{_endpoint(connection.server)} {version}{stream} {duration_ms:.3f} ms"
             f"{state}{colors.reset}\n"
         ]
@@ -319,7 +320,7 @@ class TextWriter:
         if item.fd is not None:
             where.append(f"fd {item.fd}")
         if item.conn_id is not None:
-            where.append(f"conn {item.conn_id:#x}")
+            where.append(f"conn {item.conn_id}")
         scope = " ".join(where) if where else "all connections"
         return (
             f"{colors.warn}!! {self._time(item.timestamp_ns)} LOST {item.records} records "
@@ -332,7 +333,8 @@ class TextWriter:
             lost = f", {item.lost_records} records ({item.lost_bytes} bytes) lost before"
         return (
             f"{self._colors.dim}{self._time(item.timestamp_ns)} {item.comm} pid {item.pid} "
-            f"fd {item.fd} conn {item.conn_id:#x} closed{lost}{self._colors.reset}\n"
+            f"fd {item.fd} conn {item.conn_id} closed ({item.cause.value}){lost}"
+            f"{self._colors.reset}\n"
         )
 
 

@@ -3,14 +3,21 @@
 The tracker runs for every captured event, so the common paths are short: a
 connection known not to be HTTP costs one dict lookup and one Unparsed item.
 Memory is bounded by `max_connections` (least recently used evicted, its
-exchanges flushed), `max_body_bytes` per body and small sniffing buffers.
+exchanges flushed, a `lost` item with reason "evicted" said),
+`max_body_bytes` per body and small sniffing buffers. Time alone never ends
+a connection: a quiet HTTP/2 connection keeps its HPACK tables for as long
+as it lives (a gRPC channel or a long poll may be silent for minutes).
+
+conn_id is unique for the capture (bpf/tls.bpf.c allocates it); the kernel
+ends a connection with a close record. Should that close never come, a new
+conn_id for the same (pid, SSL*) still means the old connection is over.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-from ecapture.events import ConnClose, Direction, TlsData
+from ecapture.events import ConnClose, Direction, LossReason, Lost, ReadFault, TlsData
 from ecapture.processor.base import ConnectionParser
 from ecapture.processor.http1 import Http1Parser
 from ecapture.processor.http2 import Http2Parser
@@ -35,8 +42,8 @@ MAX_SCAN_BYTES = 1 << 20
 
 class _Connection:
     __slots__ = (
-        "client_direction", "event", "last_ns", "parser", "pending", "reason", "scanned",
-        "sniffed", "tails",
+        "client_direction", "event", "faulted", "last_ns", "parser", "pending", "reason",
+        "scanned", "sniffed", "tails",
     )
 
     def __init__(self, event: TlsData) -> None:
@@ -50,6 +57,7 @@ class _Connection:
         self.sniffed = [bytearray(), bytearray()]  # first bytes by Direction
         self.tails: list[bytearray] | None = None  # partial lines by Direction, when scanning
         self.scanned = 0
+        self.faulted = False  # a read fault left a gap before the next event
 
 
 def _connection_info(event: TlsData, client_direction: Direction) -> ConnectionInfo:
@@ -69,17 +77,19 @@ class ConnectionTracker:
     def __init__(
         self,
         *,
-        idle_timeout_ns: int = 60_000_000_000,
         max_connections: int = 16384,
         max_body_bytes: int = 8 << 20,
         parse_http: bool = True,
     ) -> None:
-        self._idle_timeout_ns = idle_timeout_ns
         self._max_connections = max(1, max_connections)
         self._max_body_bytes = max_body_bytes
         self._parse_http = parse_http
         # least recently used first
         self._connections: OrderedDict[tuple[int, int], _Connection] = OrderedDict()
+        # (pid, SSL*) -> the conn_id open on it, for the safety net in feed()
+        self._by_ssl: dict[tuple[int, int], int] = {}
+        # keys of connections not seen yet whose first chunk faulted (bounded)
+        self._faulted: OrderedDict[tuple[int, int], None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -94,30 +104,38 @@ class ConnectionTracker:
             reason = connection.reason
             if reason is not None:
                 return [Unparsed(event, reason)]
+            gap = event.lost_records
+            if connection.faulted:  # a read fault before this event
+                connection.faulted = False
+                gap = 1
             parser = connection.parser
             if parser is not None:
                 out: list[ProcessorItem] = []
                 info = parser.info
                 if info.fd < 0 or info.client is None:
                     self._learn_endpoints(connection, parser, event)
-                if event.lost_records:
+                if gap:
                     parser.gap(event, out)
                 parser.feed(event, event.direction is connection.client_direction, out)
                 return out
             out = []
-            if event.lost_records and connection.tails is None:
+            if gap and connection.tails is None:
                 self._lost_while_sniffing(connection, out)
         else:
+            out = []
+            self._new_ssl_user(event, out)
             connection = _Connection(event)
             self._connections[key] = connection
-            out = []
             if len(self._connections) > self._max_connections:
                 self._evict(event.timestamp_ns, out)
             if not self._parse_http:
                 connection.reason = "not-parsed"
                 out.append(Unparsed(event, "not-parsed"))
                 return out
-            if event.lost_records:
+            faulted = key in self._faulted
+            if faulted:
+                del self._faulted[key]
+            if event.lost_records or faulted:
                 connection.tails = [bytearray(), bytearray()]  # its start was lost
         if connection.tails is not None:
             self._scan(connection, event, out)
@@ -126,26 +144,28 @@ class ConnectionTracker:
         return out
 
     def close(self, event: ConnClose) -> list[ProcessorItem]:
-        """The socket was closed: flush that connection at once."""
-        connection = self._connections.pop((event.pid, event.conn_id), None)
+        """The connection ended: flush it at once."""
+        key = (event.pid, event.conn_id)
+        connection = self._connections.pop(key, None)
         out: list[ProcessorItem] = []
+        if self._faulted:
+            self._faulted.pop(key, None)
         if connection is not None:
             self._finish(connection, event.timestamp_ns, True, out)
         return out
 
-    def expire(self, now_ns: int) -> list[ProcessorItem]:
-        """Flush connections idle longer than the idle timeout."""
-        out: list[ProcessorItem] = []
-        connections = self._connections
-        deadline = now_ns - self._idle_timeout_ns
-        # least recently used first, so the idle ones are at the front
-        while connections:
-            key, connection = next(iter(connections.items()))
-            if connection.last_ns >= deadline:
-                break
-            del connections[key]
-            self._finish(connection, now_ns, False, out)
-        return out
+    def fault(self, event: ReadFault) -> None:
+        """A chunk of this connection could not be read: its next event
+        follows a gap (the parser resynchronises as after lost records)."""
+        key = (event.pid, event.conn_id)
+        connection = self._connections.get(key)
+        if connection is not None:
+            connection.faulted = True
+            return
+        faulted = self._faulted
+        faulted[key] = None
+        if len(faulted) > self._max_connections:
+            faulted.popitem(last=False)  # bounded: an old mark may be dropped
 
     def flush(self) -> list[ProcessorItem]:
         """At exit: everything still in flight, marked incomplete."""
@@ -167,13 +187,39 @@ class ConnectionTracker:
         if (info.fd < 0 <= event.fd) or (info.client is None and event.remote is not None):
             parser.info = _connection_info(event, connection.client_direction)
 
+    def _new_ssl_user(self, event: TlsData, out: list[ProcessorItem]) -> None:
+        """A new conn_id on an SSL* whose previous connection is still open
+        here: that one ended (its close was lost or is late)."""
+        if not event.ssl:
+            return
+        owner = (event.pid, event.ssl)
+        previous = self._by_ssl.get(owner)
+        self._by_ssl[owner] = event.conn_id
+        if previous is None or previous == event.conn_id:
+            return
+        connection = self._connections.pop((event.pid, previous), None)
+        if connection is not None:
+            self._finish(connection, event.timestamp_ns, True, out)
+
     def _evict(self, timestamp_ns: int, out: list[ProcessorItem]) -> None:
         _, connection = self._connections.popitem(last=False)
+        first = connection.event
+        fd = connection.parser.info.fd if connection.parser is not None else first.fd
+        # Its parser state goes: what follows on it is parsed as joined mid-way.
+        out.append(Lost(
+            timestamp_ns, LossReason.EVICTED, 0, 0, pid=first.pid, comm=first.comm,
+            conn_id=first.conn_id, fd=fd,
+        ))
         self._finish(connection, timestamp_ns, False, out)
 
     def _finish(
         self, connection: _Connection, timestamp_ns: int, closed: bool, out: list[ProcessorItem]
     ) -> None:
+        first = connection.event
+        if first.ssl:
+            owner = (first.pid, first.ssl)
+            if self._by_ssl.get(owner) == first.conn_id:
+                del self._by_ssl[owner]
         if connection.parser is not None:
             connection.parser.finish(timestamp_ns, closed, out)
             return

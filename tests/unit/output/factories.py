@@ -18,6 +18,8 @@ TS = 1_700_000_000_123_456_789  # 2023-11-14T22:13:20.123456789Z
 CLIENT = Endpoint("127.0.0.1", 51234)
 SERVER = Endpoint("127.0.0.1", 8443)
 CONN_ID = 0x7F00DEADBEEF
+SSL = 0x55D0C0FFEE00
+COOKIE = 4097
 
 
 def tls_data(**overrides: Any) -> TlsData:
@@ -27,7 +29,7 @@ def tls_data(**overrides: Any) -> TlsData:
         "conn_id": CONN_ID, "fd": 5, "direction": Direction.SEND, "call_id": 1,
         "call_len": len(data), "offset": 0, "data": data, "last_chunk": True,
         "truncated": False, "local": CLIENT, "remote": SERVER, "lost_records": 0,
-        "lost_bytes": 0,
+        "lost_bytes": 0, "ssl": SSL, "socket_cookie": COOKIE,
     }
     fields.update(overrides)
     return TlsData(**fields)
@@ -36,7 +38,8 @@ def tls_data(**overrides: Any) -> TlsData:
 def conn_close(**overrides: Any) -> ConnClose:
     fields: dict[str, Any] = {
         "timestamp_ns": TS, "pid": 4242, "tid": 4243, "uid": 1000, "comm": "curl",
-        "conn_id": CONN_ID, "fd": 5, "lost_records": 0, "lost_bytes": 0,
+        "conn_id": CONN_ID, "fd": 5, "lost_records": 0, "lost_bytes": 0, "ssl": SSL,
+        "socket_cookie": COOKIE,
     }
     fields.update(overrides)
     return ConnClose(**fields)

@@ -12,9 +12,9 @@ from . import factories
 from .conftest import MemorySink
 
 COMMON_KEYS = ["type", "module", "ts", "pid", "tid", "comm", "uid"]
-DATA_KEYS = [*COMMON_KEYS, "fd", "conn_id", "direction", "src", "dst", "len", "offset",
-             "truncated", "payload_b64"]
-CLOSE_KEYS = [*COMMON_KEYS, "fd", "conn_id"]
+DATA_KEYS = [*COMMON_KEYS, "fd", "conn_id", "ssl", "socket_cookie", "direction", "src", "dst",
+             "len", "offset", "truncated", "payload_b64"]
+CLOSE_KEYS = [*COMMON_KEYS, "fd", "conn_id", "ssl", "socket_cookie", "cause"]
 LOST_KEYS = [*COMMON_KEYS, "reason", "records", "bytes", "conn_id", "fd"]
 HTTP_KEYS = [*COMMON_KEYS, "fd", "conn_id", "src", "dst", "version", "stream_id", "method",
              "url", "authority", "path", "status", "reason", "duration_ns", "complete",
@@ -44,7 +44,8 @@ def test_data_event_has_exact_keys_and_bytes() -> None:
     assert event == {
         "type": "data", "module": "tls", "ts": factories.TS, "pid": 4242, "tid": 4243,
         "comm": "curl", "uid": 1000, "fd": 5, "conn_id": factories.CONN_ID,
-        "direction": "send", "src": "127.0.0.1:51234", "dst": "127.0.0.1:8443",
+        "ssl": factories.SSL, "socket_cookie": factories.COOKIE, "direction": "send",
+        "src": "127.0.0.1:51234", "dst": "127.0.0.1:8443",
         "len": 70000, "offset": 16384, "truncated": False,
         "payload_b64": base64.b64encode(payload).decode(),
     }
@@ -90,6 +91,8 @@ def test_close_and_lost_events() -> None:
     close, global_loss, parser_loss = events
     assert list(close) == CLOSE_KEYS
     assert close["type"] == "close" and close["conn_id"] == factories.CONN_ID
+    assert (close["ssl"], close["socket_cookie"], close["cause"]) == (
+        factories.SSL, factories.COOKIE, "tcp")
     assert list(global_loss) == LOST_KEYS
     assert global_loss == {
         "type": "lost", "module": "tls", "ts": factories.TS, "pid": None, "tid": None,

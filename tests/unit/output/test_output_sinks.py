@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ecapture.errors import ConfigError, EcaptureError
+from ecapture.errors import ConfigError, EcaptureError, SinkError
 from ecapture.output import sinks
 from ecapture.output.sinks import open_sink
 
@@ -34,13 +34,37 @@ def test_file_sink_is_0600_and_written_once_per_flush(tmp_path: Path, prefix: st
     assert path.read_bytes() == b"one\ntwo\nthree\n"
 
 
-def test_file_sink_narrows_an_existing_file(tmp_path: Path) -> None:
+def test_file_sink_replaces_an_existing_private_file(tmp_path: Path) -> None:
+    path = tmp_path / "old.jsonl"
+    path.write_bytes(b"stale contents")
+    path.chmod(0o600)
+    sink = open_sink(str(path))
+    sink.write(b"new\n")
+    sink.close()
+    assert mode(path) == 0o600
+    assert path.read_bytes() == b"new\n"
+
+
+def test_file_sink_leaves_a_readable_existing_file_alone(tmp_path: Path) -> None:
     path = tmp_path / "old.jsonl"
     path.write_bytes(b"stale contents")
     path.chmod(0o644)
-    open_sink(str(path)).close()
-    assert mode(path) == 0o600
-    assert path.read_bytes() == b""
+    with pytest.raises(ConfigError, match=r"--eventaddr .*old.jsonl: exists with mode 0644"):
+        open_sink(str(path))
+    assert mode(path) == 0o644  # neither narrowed nor truncated
+    assert path.read_bytes() == b"stale contents"
+
+
+def test_file_sink_refuses_a_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "shadow"
+    target.write_bytes(b"root:x:0:0\n")
+    target.chmod(0o640)
+    link = tmp_path / "events.jsonl"
+    link.symlink_to(target)
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        open_sink(f"file://{link}")
+    assert mode(target) == 0o640
+    assert target.read_bytes() == b"root:x:0:0\n"
 
 
 def test_file_sink_error_names_the_flag(tmp_path: Path) -> None:
@@ -48,12 +72,29 @@ def test_file_sink_error_names_the_flag(tmp_path: Path) -> None:
         open_sink(str(tmp_path / "missing-dir" / "x.jsonl"))
 
 
-def test_write_error_stops_loudly(tmp_path: Path) -> None:
+def test_write_error_stops_loudly_once(tmp_path: Path) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)
     sink = sinks.FdSink(write_end, "a closed pipe", owns_fd=True)
     sink.write(b"data")
-    with pytest.raises(EcaptureError, match="no traffic passes unrecorded"):
+    with pytest.raises(SinkError, match="no traffic passes unrecorded") as raised:
+        sink.flush()
+    assert sink.failed is raised.value
+    # The shutdown that follows writes what it still holds: dropped, counted,
+    # and no second error to bury the first.
+    sink.write(b"more")
+    sink.flush()
+    sink.close()
+    assert sink.dropped_bytes == len(b"data") + len(b"more")
+
+
+def test_disk_full_is_a_sink_error() -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full (ENOSPC on every write) on this system")
+    fd = os.open("/dev/full", os.O_WRONLY | os.O_CLOEXEC)
+    sink = sinks.FdSink(fd, "/dev/full", owns_fd=True)
+    sink.write(b"x" * 100)
+    with pytest.raises(SinkError, match="writing events to /dev/full failed: No space left"):
         sink.flush()
     sink.close()
 
@@ -120,7 +161,7 @@ def test_tcp_peer_gone_stops_loudly() -> None:
         linger_off = struct.pack("ii", 1, 0)
         connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_off)
         connection.close()
-    with pytest.raises(EcaptureError, match="sending events to tcp://"):
+    with pytest.raises(SinkError, match="sending events to tcp://"):
         for _ in range(100):  # the first send may still be accepted by the kernel
             sink.write(b"y" * 65536)
             sink.flush()

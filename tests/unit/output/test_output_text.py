@@ -39,7 +39,8 @@ def test_unparsed_block_as_hex() -> None:
     text, _ = render(factories.unparsed(data=b"\x16\x03\x01hello", call_len=8),
                      hex_dump=True)
     assert text == (
-        "22:13:20.123456 curl pid 4242 fd 5 send 127.0.0.1:51234 → 127.0.0.1:8443 "
+        "22:13:20.123456 curl pid 4242 fd 5 conn 139641712656111 send 127.0.0.1:51234 → "
+        "127.0.0.1:8443 "
         "8 bytes [not-http]\n"
         "00000000  16 03 01 68 65 6c 6c 6f                           |...hello|\n"
         "\n"
@@ -51,7 +52,8 @@ def test_unparsed_block_as_text_with_chunk_offset() -> None:
                                direction=Direction.RECV)
     text, _ = render(event)
     assert text == (
-        "22:13:20.123456 curl pid 4242 fd 5 recv 127.0.0.1:8443 → 127.0.0.1:51234 "
+        "22:13:20.123456 curl pid 4242 fd 5 conn 139641712656111 recv 127.0.0.1:8443 → "
+        "127.0.0.1:51234 "
         "6 bytes (offset 16384 of a 20000-byte call) [not-http]\n"
         "PING\n"
         "\n"
@@ -68,7 +70,8 @@ def test_tsize_cut_is_said_and_counted() -> None:
 def test_exchange_block() -> None:
     text, _ = render(factories.exchange())
     assert text == (
-        "22:13:20.123456 curl pid 4242 fd 5 127.0.0.1:51234 → 127.0.0.1:8443 HTTP/1.1 "
+        "22:13:20.123456 curl pid 4242 fd 5 conn 139641712656111 127.0.0.1:51234 → "
+        "127.0.0.1:8443 HTTP/1.1 "
         "2.500 ms\n"
         "> GET https://example.test/index.html?q=1&lang=en HTTP/1.1\n"
         "> Host: example.test\n"
@@ -128,8 +131,8 @@ def test_lost_close_and_raw_data() -> None:
         "!! 22:13:20.123456 LOST 3 records (12345 bytes), reason ring_full, "
         "all connections\n\n"
         "!! 22:13:20.123456 LOST 3 records (12345 bytes), reason ring_full, "
-        "pid 7 nginx fd 3 conn 0x10\n\n"
-        "22:13:20.123456 curl pid 4242 fd 5 conn 0x7f00deadbeef closed, "
+        "pid 7 nginx fd 3 conn 16\n\n"
+        "22:13:20.123456 curl pid 4242 fd 5 conn 139641712656111 closed (tcp), "
         "2 records (99 bytes) lost before\n"
     )
 

@@ -36,12 +36,13 @@ def tls_data(
     lost_records: int = 0,
     lost_bytes: int = 0,
     truncated: bool = False,
+    ssl: int = 0,
 ) -> TlsData:
     return TlsData(
         timestamp_ns=timestamp_ns, pid=pid, tid=pid, uid=1000, comm="curl", conn_id=conn_id,
         fd=fd, direction=direction, call_id=next(_call_ids), call_len=len(data), offset=0,
         data=data, last_chunk=True, truncated=truncated, local=LOCAL, remote=REMOTE,
-        lost_records=lost_records, lost_bytes=lost_bytes,
+        lost_records=lost_records, lost_bytes=lost_bytes, ssl=ssl,
     )
 
 

@@ -40,7 +40,6 @@ def _feed(tracker: ConnectionTracker, chunks: list[tuple[Direction, bytes, int, 
     for index, (direction, data, lost, truncated) in enumerate(chunks):
         out += tracker.feed(tls_data(data, direction, timestamp_ns=index, lost_records=lost,
                                      truncated=truncated and index % 3 == 0))
-    out += tracker.expire(now_ns=len(chunks) + 10**12)
     out += tracker.close(conn_close())
     out += tracker.flush()
     for item in out:

@@ -1,12 +1,13 @@
-"""Connection bookkeeping: keys, roles, bounds, expiry, pass-through."""
+"""Connection bookkeeping: keys, roles, bounds, no expiry, pass-through."""
 
 from __future__ import annotations
 
-from ecapture.events import Direction
+from ecapture.events import Direction, LossReason, Lost
 from ecapture.processor.model import HttpExchange, Unparsed
 from ecapture.processor.tracker import ConnectionTracker
 
-from .factories import RECV, SEND, conn_close, exchanges, recording, tls_data
+from .factories import PID, RECV, SEND, conn_close, exchanges, recording, tls_data
+from .traffic import H2Pair, request_headers
 
 GET = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -75,25 +76,80 @@ def test_response_first_capture_marks_the_other_direction_as_client() -> None:
     assert got[1].complete and got[1].request is not None
 
 
-def test_least_recently_used_connection_is_evicted_and_flushed() -> None:
+def test_least_recently_used_connection_is_evicted_flushed_and_reported() -> None:
     tracker = ConnectionTracker(max_connections=2)
     items = tracker.feed(tls_data(GET, SEND, conn_id=1))
-    items += tracker.feed(tls_data(GET, SEND, conn_id=2))
+    items += tracker.feed(tls_data(GET, SEND, conn_id=2, fd=9))
     items += tracker.feed(tls_data(b"\r\n", SEND, conn_id=1))  # 1 is used again: 2 is oldest
     assert items == []
-    evicted = tracker.feed(tls_data(GET, SEND, conn_id=3))
+    evicted = tracker.feed(tls_data(GET, SEND, conn_id=3, timestamp_ns=5000))
     assert [(e.connection.conn_id, e.complete) for e in exchanges(evicted)] == [(2, False)]
+    [lost] = [item for item in evicted if isinstance(item, Lost)]
+    assert (lost.reason, lost.conn_id, lost.fd, lost.pid, lost.timestamp_ns) == (
+        LossReason.EVICTED, 2, 9, PID, 5000)
     assert len(tracker) == 2
 
 
-def test_expire_flushes_only_idle_connections() -> None:
-    tracker = ConnectionTracker(idle_timeout_ns=1000)
-    tracker.feed(tls_data(GET, SEND, conn_id=1, timestamp_ns=100))
-    tracker.feed(tls_data(GET, SEND, conn_id=2, timestamp_ns=900))
-    expired = tracker.expire(now_ns=1500)
-    assert [(e.connection.conn_id, e.complete) for e in exchanges(expired)] == [(1, False)]
+def test_idle_time_never_ends_a_connection() -> None:
+    """No timer: the tracker has no clock, only the events' own timestamps;
+    an HTTP/2 connection silent for an hour resumes with its HPACK table."""
+    pair = H2Pair()
+    stream = pair.client.get_next_available_stream_id()
+    marker = [("x-marker", "a-value-only-the-dynamic-table-remembers")]
+    pair.client.send_headers(stream, request_headers("/first", extra=marker), end_stream=True)
+    pair.pump()
+    pair.server.send_headers(stream, [(":status", "200")], end_stream=True)
+    pair.pump()
+    before = len(pair.chunks)
+    second = pair.client.get_next_available_stream_id()
+    pair.client.send_headers(second, request_headers("/second", extra=marker), end_stream=True)
+    pair.pump()
+    pair.server.send_headers(second, [(":status", "204")], end_stream=True)
+    pair.pump()
+    hour = 3600 * 10**9
+    tracker = ConnectionTracker()
+    items = []
+    for index, (direction, data) in enumerate(pair.recorded()):
+        later = hour if index >= before else 0  # the second request an hour later
+        items += tracker.feed(tls_data(data, direction, timestamp_ns=index + later))
+    got = exchanges(items)
+    assert [(e.request.target if e.request else None, e.response.status if e.response else None,
+             e.complete) for e in got] == [("/first", 200, True), ("/second", 204, True)]
+    second_request = got[1].request
+    assert second_request is not None
+    assert (b"x-marker", b"a-value-only-the-dynamic-table-remembers") in second_request.headers
+    # the indexed header of the second request really came from the dynamic table
+    assert b"a-value-only" not in b"".join(
+        data for index, (_, data) in enumerate(pair.recorded()) if index >= before)
+    assert not hasattr(tracker, "expire")
+
+
+def test_same_ssl_with_a_new_conn_id_is_a_new_connection() -> None:
+    """The kernel hands out a new conn_id when an SSL* is reused (SSL_clear,
+    or freed and allocated again): two connections, even without a close."""
+    tracker = ConnectionTracker()
+    ssl = 0x55AA0000
+    items = tracker.feed(tls_data(b"GET /one HTTP/1.1\r\n\r\n", SEND, conn_id=1, ssl=ssl))
+    items += tracker.feed(tls_data(b"HTTP/1.1 200 OK\r\n", RECV, conn_id=1, ssl=ssl))
+    # the close of connection 1 was lost; connection 2 reuses the SSL*
+    items += tracker.feed(tls_data(b"GET /two HTTP/1.1\r\n\r\n", SEND, conn_id=2, ssl=ssl,
+                                   fd=11))
+    items += tracker.feed(tls_data(OK, RECV, conn_id=2, ssl=ssl, fd=11))
+    got = exchanges(items)
+    assert [(e.connection.conn_id, e.connection.fd, e.request.target if e.request else None,
+             e.complete) for e in got] == [(1, 7, "/one", False), (2, 11, "/two", True)]
     assert len(tracker) == 1
-    assert tracker.expire(now_ns=1500) == []
+    # a close for the first connection arriving late changes nothing
+    assert tracker.close(conn_close(conn_id=1)) == []
+    assert len(tracker) == 1
+
+
+def test_same_conn_id_in_two_processes_and_other_ssl_are_kept_apart() -> None:
+    tracker = ConnectionTracker()
+    tracker.feed(tls_data(GET, SEND, conn_id=1, ssl=0x10))
+    tracker.feed(tls_data(GET, SEND, conn_id=2, ssl=0x20))  # another SSL*: both stay open
+    tracker.feed(tls_data(GET, SEND, conn_id=3, ssl=0x10, pid=99))  # same SSL*, another process
+    assert len(tracker) == 3
 
 
 def test_flush_at_exit_returns_everything_in_flight() -> None:
