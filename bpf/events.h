@@ -84,4 +84,38 @@ enum stat_index {
 	STAT_MAX = 8,
 };
 
+/* ---- TLS secrets (bpf/keylog.bpf.c) ----
+ * Their kinds are numbered apart from enum record_kind, so that kinds added
+ * there cannot collide with these. */
+#define RECORD_KEYLOG_SECRET	16	/* struct keylog_event */
+
+/* "CLIENT_HANDSHAKE_TRAFFIC_SECRET" is the longest NSS key-log label (31). */
+#define KEYLOG_LABEL_SIZE	48
+#define KEYLOG_RANDOM_SIZE	32	/* SSL3_RANDOM_SIZE */
+#define KEYLOG_SECRET_SIZE	64	/* EVP_MAX_MD_SIZE; TLS secrets are 32 or 48 */
+
+/* flags of struct keylog_event: the line must not be written */
+#define KEYLOG_FLAG_SECRET_TOO_LONG	(1 << 0)
+#define KEYLOG_FLAG_RANDOM_TOO_LONG	(1 << 1)
+#define KEYLOG_FLAG_READ_FAULT		(1 << 2)
+
+/* One secret as the library logs it: `label random secret` of the NSS key log. */
+struct keylog_event {
+	struct record_header header;	/* conn_id: the SSL* */
+	__u32 label_len;		/* bytes in label[] before its NUL */
+	__u32 random_len;		/* as the library passed it */
+	__u32 secret_len;		/* as the library passed it */
+	__u32 flags;			/* KEYLOG_FLAG_* */
+	char label[KEYLOG_LABEL_SIZE];
+	__u8 random[KEYLOG_RANDOM_SIZE];
+	__u8 secret[KEYLOG_SECRET_SIZE];
+};
+
+/* Indexes of the per-CPU "keylog_stats" array. */
+enum keylog_stat_index {
+	KEYLOG_STAT_RECORDS = 0,	/* records submitted */
+	KEYLOG_STAT_RING_FULL = 1,	/* records lost: ring reservation failed */
+	KEYLOG_STAT_MAX = 2,
+};
+
 #endif

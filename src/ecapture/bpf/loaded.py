@@ -91,10 +91,12 @@ class LoadedObject:
         offset: int = 0,
         retprobe: bool = False,
         pid: int = -1,
+        cookie: int = 0,
     ) -> Link:
         """Attach a uprobe (or uretprobe) to `symbol` of `binary`, libbpf resolving the name
         in .symtab/.dynsym; `offset` is a file offset, added to the symbol's when both are
-        given. `pid` -1 traces every process."""
+        given. `pid` -1 traces every process. `cookie` is what the program's
+        bpf_get_attach_cookie() returns for this attachment (Linux >= 5.15)."""
         binary_text = str(binary)
         if "/" in binary_text and not Path(binary_text).exists():
             raise LibraryNotFound(f"cannot attach {program!r}: {binary_text} does not exist")
@@ -104,7 +106,9 @@ class LoadedObject:
             where = f"{symbol}+0x{offset:x}"
         target = "all" if pid == -1 else str(pid)
         description = f"{kind} {Path(binary_text).name}:{where} pid={target}"
-        options = _libbpf.UprobeOptions(sz=ctypes.sizeof(_libbpf.UprobeOptions), retprobe=retprobe)
+        options = _libbpf.UprobeOptions(
+            sz=ctypes.sizeof(_libbpf.UprobeOptions), retprobe=retprobe, bpf_cookie=cookie
+        )
         if symbol is not None:
             options.func_name = symbol.encode()
         handle = _libbpf.libbpf().bpf_program__attach_uprobe_opts(

@@ -424,10 +424,7 @@ def _hook(  # noqa: PLR0917 (one private constructor call site per convention)
 
 @functools.lru_cache(maxsize=32)
 def _cached(path: Path, _identity: tuple[int, int, int]) -> KeylogHook:
-    try:
-        version = detect_ssl_version(path)
-    except LibraryNotFound:
-        raise
+    version = detect_ssl_version(path)
     try:
         return _find(_Library(path), version)
     except SymbolNotFound as error:

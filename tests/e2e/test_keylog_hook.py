@@ -1,0 +1,226 @@
+"""The key-log probe without a module: keylog.bpf.o at the hook keylog_hook.py finds.
+
+Each client writes its own key log (SSLKEYLOGFILE, SSLContext.keylog_filename):
+every line it writes must be among the lines our probe produced, for curl over
+TLS 1.2 (nginx with `ssl_protocols TLSv1.2`) and TLS 1.3 (nghttpd), Python's
+ssl, and BoringSSL's bssl-tool. Needs root, kernel BTF and the built objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from ecapture.bpf import LoadedObject, ObjectSpec, RingReader
+from ecapture.elf.keylog_hook import Convention, KeylogHook, find_keylog_hook
+from ecapture.output.keylog import KeylogWriter
+from ecapture.secrets import KeylogFailure, KeylogSecret, decode_keylog
+
+from . import targets
+from .capture import BTF_PATH, REPO_ROOT
+from .conftest import require_programs
+from .targets import (
+    BORINGSSL_LIBSSL,
+    HOST,
+    Certificate,
+    Server,
+    curl_argv,
+    nginx_server,
+    run_client,
+)
+
+pytestmark = pytest.mark.e2e
+
+KEYLOG_OBJECT = REPO_ROOT / "src" / "ecapture" / "objects" / "keylog.bpf.o"
+LIBSSL3 = Path("/usr/lib/x86_64-linux-gnu/libssl.so.3")
+WAIT_S = 10.0
+TLS13_LABELS = {
+    "CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+    "CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0", "EXPORTER_SECRET",
+}
+
+PYTHON_CLIENT = """
+import socket, ssl, sys
+host, port, keylog = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+context.keylog_filename = keylog
+with socket.create_connection((host, port), timeout=10) as raw:
+    with context.wrap_socket(raw, server_hostname=host) as tls:
+        tls.sendall(b"GET /index.html HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+        sys.stdout.buffer.write(data)
+        print(tls.version(), file=sys.stderr)
+"""
+
+
+def attach_cookie(hook: KeylogHook) -> int:
+    assert hook.random_deref is not None
+    return hook.random_deref << 32 | hook.random_offset
+
+
+class KeyProbe:
+    """The loaded object with its uprobes, and every line its records became."""
+
+    def __init__(self, loaded: LoadedObject, reader: RingReader, keylog: Path) -> None:
+        self.loaded = loaded
+        self.reader = reader
+        self.path = keylog
+        self.writer = KeylogWriter(str(keylog))
+        self.failures: list[KeylogFailure] = []
+        self.secrets: list[KeylogSecret] = []
+
+    def drain(self) -> None:
+        for record in self.reader.poll(10):
+            assert isinstance(record, bytes)
+            decoded = decode_keylog(record)
+            if isinstance(decoded, KeylogFailure):
+                self.failures.append(decoded)
+            else:
+                self.secrets.append(decoded)
+                self.writer.write(decoded)
+
+    def lines(self) -> set[str]:
+        return set(self.path.read_text().splitlines())
+
+    def wait_for(self, wanted: set[str]) -> set[str]:
+        """Poll until every wanted line is in our key log (or time is up); the missing."""
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            self.drain()
+            missing = wanted - self.lines()
+            if not missing or time.monotonic() > deadline:
+                return missing
+
+
+@pytest.fixture
+def probe(tmp_path: Path) -> Iterator[KeyProbe]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    if not BTF_PATH.exists():
+        pytest.skip(f"no kernel BTF at {BTF_PATH}")
+    if not KEYLOG_OBJECT.is_file():
+        pytest.skip(f"{KEYLOG_OBJECT} is not built (make bpf)")
+    if not LIBSSL3.is_file():
+        pytest.skip(f"{LIBSSL3} is absent (Debian package libssl3)")
+    with ObjectSpec.open(KEYLOG_OBJECT).load() as loaded:
+        openssl = find_keylog_hook(LIBSSL3)
+        assert openssl.convention is Convention.NSS_KEYLOG_INT
+        loaded.attach_uprobe("on_nss_keylog_int", LIBSSL3, offset=openssl.file_offset)
+        if BORINGSSL_LIBSSL.is_file():
+            boringssl = find_keylog_hook(BORINGSSL_LIBSSL)
+            assert boringssl.convention is Convention.BSSL_LOG_SECRET
+            loaded.attach_uprobe(
+                "on_bssl_log_secret", BORINGSSL_LIBSSL, offset=boringssl.file_offset,
+                cookie=attach_cookie(boringssl),
+            )
+        reader = loaded.ring_reader("keys")
+        key_probe = KeyProbe(loaded, reader, tmp_path / "ours.keylog")
+        try:
+            yield key_probe
+        finally:
+            key_probe.writer.close()
+
+
+@pytest.fixture(scope="module")
+def nginx_tls12(
+    tmp_path_factory: pytest.TempPathFactory, certificate: Certificate
+) -> Iterator[Server]:
+    """nginx that speaks TLS 1.2 only (its shared configuration with one line changed)."""
+    require_programs("nginx")
+    conf = targets.NGINX_CONF.replace("ssl_protocols TLSv1.2 TLSv1.3;", "ssl_protocols TLSv1.2;")
+    assert conf != targets.NGINX_CONF
+    with contextlib.ExitStack() as stack:
+        # patched only while nginx_server writes its configuration: the session's
+        # other nginx must keep TLS 1.3
+        with mock.patch.object(targets, "NGINX_CONF", conf):
+            server = stack.enter_context(
+                nginx_server(tmp_path_factory.mktemp("nginx-tls12"), certificate)
+            )
+        yield server
+
+
+def client_lines(path: Path) -> set[str]:
+    lines = {line for line in path.read_text().splitlines() if line and not line.startswith("#")}
+    assert lines, f"the client wrote no key log to {path}"
+    return lines
+
+
+def labels(lines: set[str]) -> set[str]:
+    return {line.split()[0] for line in lines}
+
+
+def test_curl_tls12_against_nginx(probe: KeyProbe, nginx_tls12: Server, tmp_path: Path) -> None:
+    require_programs("curl")
+    theirs = tmp_path / "curl.keylog"
+    result = run_client(
+        curl_argv(nginx_tls12.url("/index.html")), prefix=("env", f"SSLKEYLOGFILE={theirs}")
+    ).check()
+    assert result.stdout == targets.KNOWN_BODY
+    wanted = client_lines(theirs)
+    assert labels(wanted) == {"CLIENT_RANDOM"}  # TLS 1.2: the master secret only
+    assert probe.wait_for(wanted) == set()
+    assert probe.failures == []
+    # nginx derives the same secret on its side: seen twice, written once
+    seen = [secret for secret in probe.secrets if secret.line() in wanted]
+    assert {secret.comm for secret in seen} == {"curl", "nginx"}
+    written = probe.path.read_text().splitlines()
+    assert all(written.count(line) == 1 for line in wanted)
+
+
+def test_curl_tls13_against_nghttpd(probe: KeyProbe, nghttpd: Server, tmp_path: Path) -> None:
+    require_programs("curl")
+    theirs = tmp_path / "curl.keylog"
+    result = run_client(
+        curl_argv(nghttpd.url("/index.html"), http2=True),
+        prefix=("env", f"SSLKEYLOGFILE={theirs}"),
+    ).check()
+    assert result.stdout == targets.KNOWN_BODY
+    wanted = client_lines(theirs)
+    assert labels(wanted) >= TLS13_LABELS
+    assert probe.wait_for(wanted) == set()
+    assert probe.failures == []
+
+
+def test_python_ssl_keylog_filename(probe: KeyProbe, nginx: Server, tmp_path: Path) -> None:
+    theirs = tmp_path / "python.keylog"
+    result = run_client(
+        [sys.executable, "-c", PYTHON_CLIENT, HOST, str(nginx.port), str(theirs)]
+    ).check()
+    assert result.stdout.endswith(targets.KNOWN_BODY)
+    assert result.stderr.strip() == b"TLSv1.3"
+    wanted = client_lines(theirs)
+    assert labels(wanted) >= TLS13_LABELS
+    assert probe.wait_for(wanted) == set()
+    assert probe.failures == []
+
+
+@pytest.mark.parametrize("version", ["tls1.2", "tls1.3"])
+def test_boringssl_client(probe: KeyProbe, nginx: Server, tmp_path: Path, version: str) -> None:
+    require_programs("bssl-tool")
+    if not BORINGSSL_LIBSSL.is_file():
+        pytest.skip(f"{BORINGSSL_LIBSSL} is absent (Debian package android-libboringssl)")
+    theirs = tmp_path / "bssl.keylog"
+    request = b"GET /index.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    result = run_client(
+        ["bssl-tool", "client", "-connect", nginx.address, "-max-version", version,
+         "-min-version", version],
+        stdin=request, prefix=("env", f"SSLKEYLOGFILE={theirs}"),
+    )
+    assert targets.KNOWN_BODY in result.stdout, result.stderr[-500:]
+    wanted = client_lines(theirs)
+    expected = {"CLIENT_RANDOM"} if version == "tls1.2" else TLS13_LABELS
+    assert expected <= labels(wanted)
+    assert probe.wait_for(wanted) == set()
+    assert probe.failures == []
+    assert "bssl-tool" in {secret.comm for secret in probe.secrets if secret.line() in wanted}
