@@ -118,4 +118,38 @@ enum keylog_stat_index {
 	KEYLOG_STAT_MAX = 2,
 };
 
+/* ---- packets (bpf/tc.bpf.c) ---- */
+#define RECORD_TC_PACKET	17	/* struct tc_packet_event */
+/* Bytes of one packet a record holds at most: loopback's MTU is 65536 and
+ * GSO packets keep IP's 16-bit total length. Power of two for masking. */
+#define TC_PACKET_MAX		65536
+
+enum tc_direction {
+	TC_INGRESS = 0,
+	TC_EGRESS = 1,
+};
+
+/* One packet seen by the TC clsact hook; no process context there, the
+ * socket cookie links it to the connection (0: no socket). */
+struct tc_packet_event {
+	__u32 kind;		/* RECORD_TC_PACKET */
+	__u32 ifindex;
+	__u64 timestamp_ns;	/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 socket_cookie;
+	__u32 len;		/* skb->len: the whole packet from the MAC header */
+	__u32 caplen;		/* bytes in data[] (snap length applied) */
+	__u8 direction;		/* enum tc_direction */
+	__u8 _pad[7];
+	__u8 data[TC_PACKET_MAX];	/* only caplen bytes are submitted */
+};
+
+/* Indexes of the per-CPU "tc_stats" array. */
+enum tc_stat_index {
+	TC_STAT_PACKETS = 0,		/* records submitted */
+	TC_STAT_RING_FULL = 1,		/* packets lost: ring full */
+	TC_STAT_RING_FULL_BYTES = 2,	/* their captured bytes */
+	TC_STAT_LOAD_FAULTS = 3,	/* bpf_skb_load_bytes failed */
+	TC_STAT_MAX = 4,
+};
+
 #endif
