@@ -143,6 +143,14 @@ struct tc_packet_event {
 	__u8 data[TC_PACKET_MAX];	/* only caplen bytes are submitted */
 };
 
+/* Value of the "sock_owners" map (key: socket cookie): the process that last
+ * used the socket from a system call. */
+struct sock_owner {
+	__u32 pid;	/* tgid */
+	__u32 tid;
+	char comm[TASK_COMM_LEN];
+};
+
 /* Indexes of the per-CPU "tc_stats" array. */
 enum tc_stat_index {
 	TC_STAT_PACKETS = 0,		/* records submitted */

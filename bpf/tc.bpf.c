@@ -6,9 +6,18 @@
  * length, into the ring with its socket cookie; they never change a packet's
  * fate (TC_ACT_OK, "continue with the next action": tc-bpf(8)). The filter
  * expression is applied in user space for now.
+ *
+ * TC runs without a process (often in softirq), so the process of a packet
+ * comes from its socket: three tracing programs that only fire in process
+ * context map each socket cookie to the process using it: connect()
+ * (inet_sock_set_state to SYN_SENT is made by tcp_v4_connect in the caller)
+ * and every send/recv system call (sock_send_length, sock_recv_length:
+ * sock_sendmsg/sock_recvmsg). A state change seen in softirq is not used:
+ * its current task is whoever was interrupted.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
 #include "events.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -16,6 +25,9 @@ char LICENSE[] SEC("license") = "GPL";
 #define TC_ACT_OK 0	/* include/uapi/linux/pkt_cls.h */
 
 const struct tc_packet_event *unused_tc_packet_event __attribute__((unused));
+const struct sock_owner *unused_sock_owner __attribute__((unused));
+
+#define TCP_SYN_SENT 2	/* include/net/tcp_states.h */
 
 /* Written by the loader before load: bytes kept of each packet. */
 const volatile __u32 snaplen = TC_PACKET_MAX;
@@ -31,6 +43,13 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } tc_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);	/* socket cookie */
+	__type(value, struct sock_owner);
+} sock_owners SEC(".maps");
 
 static void add(__u32 index, __u64 value)
 {
@@ -105,4 +124,43 @@ SEC("tc")
 int ecap_tc_egress(struct __sk_buff *skb)
 {
 	return capture(skb, TC_EGRESS);
+}
+
+static void remember_owner(struct sock *sk)
+{
+	__u64 cookie = bpf_get_socket_cookie(sk);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct sock_owner owner = {
+		.pid = pid_tgid >> 32,
+		.tid = (__u32)pid_tgid,
+	};
+	struct sock_owner *known = bpf_map_lookup_elem(&sock_owners, &cookie);
+
+	if (known && known->tid == owner.tid)
+		return;	/* already known: no update on every call */
+	bpf_get_current_comm(owner.comm, sizeof(owner.comm));
+	bpf_map_update_elem(&sock_owners, &cookie, &owner, BPF_ANY);
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(owner_on_send, struct sock *sk, int ret, int flags)
+{
+	remember_owner(sk);
+	return 0;
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(owner_on_recv, struct sock *sk, int ret, int flags)
+{
+	remember_owner(sk);
+	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(owner_on_connect, const struct sock *sk, int oldstate, int newstate)
+{
+	if (newstate != TCP_SYN_SENT)
+		return 0;	/* other transitions may run in softirq: no process */
+	remember_owner((struct sock *)sk);
+	return 0;
 }

@@ -9,23 +9,16 @@ ssl, and BoringSSL's bssl-tool. Needs root, kernel BTF and the built objects.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
 import pytest
 
-from ecapture.bpf import LoadedObject, ObjectSpec, RingReader
-from ecapture.elf.keylog_hook import Convention, KeylogHook, find_keylog_hook
-from ecapture.output.keylog import KeylogWriter
-from ecapture.secrets import KeylogFailure, KeylogSecret, decode_keylog
-
 from . import targets
-from .capture import BTF_PATH, REPO_ROOT
 from .conftest import require_programs
+from .keys import KeyProbe, key_probe
 from .targets import (
     BORINGSSL_LIBSSL,
     HOST,
@@ -38,9 +31,6 @@ from .targets import (
 
 pytestmark = pytest.mark.e2e
 
-KEYLOG_OBJECT = REPO_ROOT / "src" / "ecapture" / "objects" / "keylog.bpf.o"
-LIBSSL3 = Path("/usr/lib/x86_64-linux-gnu/libssl.so.3")
-WAIT_S = 10.0
 TLS13_LABELS = {
     "CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
     "CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0", "EXPORTER_SECRET",
@@ -64,72 +54,10 @@ with socket.create_connection((host, port), timeout=10) as raw:
 """
 
 
-def attach_cookie(hook: KeylogHook) -> int:
-    assert hook.random_deref is not None
-    return hook.random_deref << 32 | hook.random_offset
-
-
-class KeyProbe:
-    """The loaded object with its uprobes, and every line its records became."""
-
-    def __init__(self, loaded: LoadedObject, reader: RingReader, keylog: Path) -> None:
-        self.loaded = loaded
-        self.reader = reader
-        self.path = keylog
-        self.writer = KeylogWriter(str(keylog))
-        self.failures: list[KeylogFailure] = []
-        self.secrets: list[KeylogSecret] = []
-
-    def drain(self) -> None:
-        for record in self.reader.poll(10):
-            assert isinstance(record, bytes)
-            decoded = decode_keylog(record)
-            if isinstance(decoded, KeylogFailure):
-                self.failures.append(decoded)
-            else:
-                self.secrets.append(decoded)
-                self.writer.write(decoded)
-
-    def lines(self) -> set[str]:
-        return set(self.path.read_text().splitlines())
-
-    def wait_for(self, wanted: set[str]) -> set[str]:
-        """Poll until every wanted line is in our key log (or time is up); the missing."""
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            self.drain()
-            missing = wanted - self.lines()
-            if not missing or time.monotonic() > deadline:
-                return missing
-
-
 @pytest.fixture
 def probe(tmp_path: Path) -> Iterator[KeyProbe]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    if not BTF_PATH.exists():
-        pytest.skip(f"no kernel BTF at {BTF_PATH}")
-    if not KEYLOG_OBJECT.is_file():
-        pytest.skip(f"{KEYLOG_OBJECT} is not built (make bpf)")
-    if not LIBSSL3.is_file():
-        pytest.skip(f"{LIBSSL3} is absent (Debian package libssl3)")
-    with ObjectSpec.open(KEYLOG_OBJECT).load() as loaded:
-        openssl = find_keylog_hook(LIBSSL3)
-        assert openssl.convention is Convention.NSS_KEYLOG_INT
-        loaded.attach_uprobe("on_nss_keylog_int", LIBSSL3, offset=openssl.file_offset)
-        if BORINGSSL_LIBSSL.is_file():
-            boringssl = find_keylog_hook(BORINGSSL_LIBSSL)
-            assert boringssl.convention is Convention.BSSL_LOG_SECRET
-            loaded.attach_uprobe(
-                "on_bssl_log_secret", BORINGSSL_LIBSSL, offset=boringssl.file_offset,
-                cookie=attach_cookie(boringssl),
-            )
-        reader = loaded.ring_reader("keys")
-        key_probe = KeyProbe(loaded, reader, tmp_path / "ours.keylog")
-        try:
-            yield key_probe
-        finally:
-            key_probe.writer.close()
+    with key_probe(tmp_path / "ours.keylog") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ecapture.output.private_file import open_private_file
@@ -92,10 +93,24 @@ def decryption_secrets(keylog: bytes) -> bytes:
     return block(DSB_TYPE, body)
 
 
+# A packet's comment, or how to make it when the packet is written (the process
+# of a packet may become known while the packet is held).
+Comment = str | Callable[[], str | None] | None
+
+
 @dataclass(frozen=True, slots=True)
 class _Held:
+    interface: int
     timestamp_ns: int
     data: bytes
+    original_length: int
+    comment: Comment
+
+    def encode(self) -> bytes:
+        comment = self.comment() if callable(self.comment) else self.comment
+        return enhanced_packet(
+            self.interface, self.timestamp_ns, self.data, self.original_length, comment
+        )
 
 
 class PcapngWriter:
@@ -134,31 +149,32 @@ class PcapngWriter:
 
     def write_packet(
         self, interface: int, timestamp_ns: int, data: bytes, original_length: int,
-        comment: str | None = None,
+        comment: Comment = None,
     ) -> None:
-        """Add one packet; it is written once `hold_ns` of newer time has passed."""
+        """Add one packet; it is written once `hold_ns` of newer time has passed. A
+        callable comment is called then."""
         if not 0 <= interface < len(self._interfaces):
             raise ValueError(f"interface {interface} has no IDB")
-        encoded = enhanced_packet(interface, timestamp_ns, data, original_length, comment)
+        held = _Held(interface, timestamp_ns, data, original_length, comment)
         self.packets += 1
         if self.hold_ns <= 0:
-            self._write(encoded)
+            self._write(held.encode())
             return
-        self._held.append(_Held(timestamp_ns, encoded))
+        self._held.append(held)
 
     def release(self, now_ns: int) -> None:
         """Write the held packets captured at or before now_ns - hold_ns."""
         due = now_ns - self.hold_ns
         out = []
         while self._held and self._held[0].timestamp_ns <= due:
-            out.append(self._held.popleft().data)
+            out.append(self._held.popleft().encode())
         if out:
             self._write(b"".join(out))
 
     def flush(self) -> None:
         """Write every held packet."""
         if self._held:
-            self._write(b"".join(held.data for held in self._held))
+            self._write(b"".join(held.encode() for held in self._held))
             self._held.clear()
 
     def close(self) -> None:

@@ -138,6 +138,18 @@ def test_held_packets_come_after_a_late_secret(tmp_path: Path) -> None:
     assert kinds == [SHB_TYPE, IDB_TYPE, DSB_TYPE, DSB_TYPE, EPB_TYPE, EPB_TYPE]
 
 
+def test_a_callable_comment_is_made_when_the_packet_is_written(tmp_path: Path) -> None:
+    path = tmp_path / "x.pcapng"
+    owner: list[str] = []
+    with PcapngWriter(str(path), hold_ns=10) as writer:
+        lo = writer.interface("lo")
+        request = frame(40000, 80, 1, 1, REQUEST)
+        writer.write_packet(lo, 100, request, len(request), lambda: owner[0] if owner else None)
+        owner.append("pid=42 comm=curl")  # learnt while the packet was held
+    fields = tool("tshark", "-r", path, "-T", "fields", "-e", "frame.comment")
+    assert fields.strip() == "pid=42 comm=curl"
+
+
 def test_interfaces_get_ids_in_order_and_unknown_ids_are_refused(tmp_path: Path) -> None:
     with PcapngWriter(str(tmp_path / "x.pcapng")) as writer:
         assert writer.interface("lo") == 0
