@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from ecapture.bpf import LoadedObject
 from ecapture.bpf.tc import ECAPTURE_TC_HANDLE, remove_leftover_filters
 from ecapture.output.pcapng import PcapngWriter
 from ecapture.packets import TC_EGRESS, decode_packet
+from ecapture.pcap_filter import PacketFilter
 
 from . import targets
 from .conftest import require_programs
@@ -35,7 +37,6 @@ INTERFACE = "lo"
 HOLD_NS = 200_000_000  # packets wait this long for a late secret
 DRAIN_S = 0.5
 OWNER = struct.Struct("<II16s")  # struct sock_owner
-ETH_IPV4 = 0x0800
 
 
 def tool(*argv: str | Path) -> str:
@@ -45,17 +46,6 @@ def tool(*argv: str | Path) -> str:
                             timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     return result.stdout
-
-
-def tcp_ports(frame: bytes) -> tuple[int, int] | None:
-    """(source, destination) of an Ethernet + IPv4 + TCP frame (RFC 791: IHL in words)."""
-    if len(frame) < 34 or struct.unpack_from("!H", frame, 12)[0] != ETH_IPV4 or frame[23] != 6:
-        return None
-    at = 14 + (frame[14] & 0x0F) * 4
-    if len(frame) < at + 4:
-        return None
-    source, destination = struct.unpack_from("!HH", frame, at)
-    return source, destination
 
 
 def owner_comment(packets: LoadedObject, cookie: int) -> str | None:
@@ -69,12 +59,27 @@ def owner_comment(packets: LoadedObject, cookie: int) -> str | None:
     return f"pid {pid} comm {name}"
 
 
+def side_traffic() -> int:
+    """One plain TCP exchange on another port of lo: what the filter must leave out."""
+    with socket.create_server((targets.HOST, 0)) as server:
+        port = server.getsockname()[1]
+        with socket.create_connection((targets.HOST, port), timeout=5) as client:
+            accepted, _ = server.accept()
+            with accepted:
+                client.sendall(b"not ours")
+                accepted.recv(64)
+    return int(port)
+
+
 def capture_exchange(
     keys: KeyProbe, packets: LoadedObject, writer: PcapngWriter, port: int,
     client: subprocess.Popen[bytes],
-) -> None:
-    """Stream packets of `port` and every new secret into `writer` until the client is done."""
+) -> int:
+    """Stream packets of `port` and every new secret into `writer` until the client is done;
+    the number of packets the filter left out."""
     reader = packets.ring_reader("packets")
+    only = PacketFilter(f"tcp port {port}")
+    left_out = 0
     interface = writer.interface(INTERFACE)
     to_wall = time.time_ns() - time.monotonic_ns()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
     finished_at: float | None = None
@@ -86,8 +91,8 @@ def capture_exchange(
             # on loopback each packet crosses egress, then ingress: one copy is the packet
             if packet.direction != TC_EGRESS:
                 continue
-            ports = tcp_ports(packet.data)
-            if ports is None or port not in ports:
+            if not only.matches(packet.data, packet.length):
+                left_out += 1
                 continue
             cookie = packet.socket_cookie
             writer.write_packet(
@@ -97,7 +102,10 @@ def capture_exchange(
         writer.release(time.time_ns())
         if finished_at is None and client.poll() is not None:
             finished_at = time.monotonic()
+            side_traffic()
     writer.flush()
+    only.close()
+    return left_out
 
 
 def run_capture(tmp_path: Path, server: Server, argv: list[str]) -> tuple[Path, bytes, str]:
@@ -106,7 +114,7 @@ def run_capture(tmp_path: Path, server: Server, argv: list[str]) -> tuple[Path, 
             PcapngWriter(str(output), hold_ns=HOLD_NS) as writer:
         client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            capture_exchange(keys, packets, writer, server.port, client)
+            left_out = capture_exchange(keys, packets, writer, server.port, client)
             stdout, stderr = client.communicate(timeout=targets.CLIENT_TIMEOUT_S)
         finally:
             targets.stop_process(client, signal.SIGKILL)
@@ -114,6 +122,9 @@ def run_capture(tmp_path: Path, server: Server, argv: list[str]) -> tuple[Path, 
         assert keys.failures == []
         blocks = writer.secrets_blocks
     assert blocks >= 1
+    assert left_out >= 3  # at least the side exchange's handshake
+    ports = tool("tshark", "-r", output, "-T", "fields", "-e", "tcp.srcport", "-e", "tcp.dstport")
+    assert all(str(server.port) in row.split("\t") for row in ports.splitlines()), ports
     info = tool("capinfos", output)
     assert f"Number of decryption secrets in file: {blocks}" in info
     return output, stdout, tool("tshark", "-r", output)
