@@ -9,7 +9,10 @@ ssl, and BoringSSL's bssl-tool. Needs root, kernel BTF and the built objects.
 from __future__ import annotations
 
 import contextlib
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -152,3 +155,53 @@ def test_boringssl_client(probe: KeyProbe, nginx: Server, tmp_path: Path, versio
     assert probe.wait_for(wanted) == set()
     assert probe.failures == []
     assert "bssl-tool" in {secret.comm for secret in probe.secrets if secret.line() in wanted}
+
+
+@contextlib.contextmanager
+def dumpcap(port: int, output: Path) -> Iterator[None]:
+    """Wireshark's own capture tool on lo, `tcp port N`, running for the block."""
+    require_programs("dumpcap")
+    process = subprocess.Popen(
+        ["dumpcap", "-q", "-i", "lo", "-f", f"tcp port {port}", "-w", str(output)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()  # "Capturing on 'Loopback: lo'" once it captures
+        assert b"Capturing on" in line, line + process.stderr.read()
+        yield
+        time.sleep(0.2)  # let the last packets reach the file
+    finally:
+        targets.stop_process(process, signal.SIGINT)
+
+
+@pytest.mark.parametrize("tls_max", ["1.2", "1.3"])
+def test_our_key_log_decrypts_an_independent_capture(
+    probe: KeyProbe, nginx: Server, tmp_path: Path, tls_max: str
+) -> None:
+    require_programs("curl", "tshark")
+    marker = f"keylog-marker-{tls_max}"
+    capture = tmp_path / "dumpcap.pcapng"
+    theirs = tmp_path / "curl.keylog"
+    with dumpcap(nginx.port, capture):
+        run_client(
+            [*curl_argv(nginx.url("/index.html"), headers=[f"X-Marker: {marker}"]),
+             "--tls-max", tls_max],
+            prefix=("env", f"SSLKEYLOGFILE={theirs}"),
+        ).check()
+        assert probe.wait_for(client_lines(theirs)) == set()
+    probe.writer.close()
+    ours = tmp_path / "only-ours.keylog"  # our lines and nothing else
+    ours.write_text(probe.path.read_text())
+    result = subprocess.run(
+        ["tshark", "-r", str(capture), "-o", f"tls.keylog_file:{ours}", "-Y", "http.request",
+         "-T", "fields", "-e", "http.request.line"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert f"X-Marker: {marker}\\r\\n" in result.stdout, result.stdout
+    without = subprocess.run(
+        ["tshark", "-r", str(capture), "-Y", "http.request", "-T", "fields",
+         "-e", "http.request.line"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert marker not in without.stdout  # the capture alone does not decrypt
