@@ -59,7 +59,7 @@ from ecapture.elf.x86_values import (
 from ecapture.errors import LibraryNotFound, SymbolNotFound
 
 TLS12_LABEL = "CLIENT_RANDOM"
-# The NSS key log labels of TLS 1.3 (RFC 9850 / draft-ietf-tls-keylogfile, section 3).
+# The NSS key log labels of TLS 1.3 (draft-ietf-tls-keylogfile).
 TLS13_LABELS = (
     "CLIENT_EARLY_TRAFFIC_SECRET",
     "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
