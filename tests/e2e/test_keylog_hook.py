@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +34,8 @@ from .targets import (
 )
 
 pytestmark = pytest.mark.e2e
+
+WAIT_S = 10.0
 
 TLS13_LABELS = {
     "CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
@@ -157,9 +160,29 @@ def test_boringssl_client(probe: KeyProbe, nginx: Server, tmp_path: Path, versio
     assert "bssl-tool" in {secret.comm for secret in probe.secrets if secret.line() in wanted}
 
 
+def knock_until_written(output: Path, port: int) -> None:
+    """Connect to `port` until dumpcap's file grows: then every packet before is in it.
+
+    dumpcap hands packets to the file in blocks (libpcap's TPACKET_V3 ring with a
+    buffer timeout) and drops the unfinished block when stopped: a curl exchange
+    just before SIGINT was missed whole, and "Capturing on" is printed before
+    the first block is live.
+    """
+    deadline = time.monotonic() + WAIT_S
+    while not output.exists() or output.stat().st_size == 0:
+        assert time.monotonic() < deadline, "dumpcap wrote no file"
+        time.sleep(0.05)
+    size = output.stat().st_size
+    while output.stat().st_size == size:
+        assert time.monotonic() < deadline, "dumpcap wrote no packet"
+        with contextlib.suppress(OSError):
+            socket.create_connection((HOST, port), timeout=1).close()
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def dumpcap(port: int, output: Path) -> Iterator[None]:
-    """Wireshark's own capture tool on lo, `tcp port N`, running for the block."""
+    """Wireshark's own capture tool on lo, `tcp port N`, capturing all of the block."""
     require_programs("dumpcap")
     process = subprocess.Popen(
         ["dumpcap", "-q", "-i", "lo", "-f", f"tcp port {port}", "-w", str(output)],
@@ -167,10 +190,11 @@ def dumpcap(port: int, output: Path) -> Iterator[None]:
     )
     try:
         assert process.stderr is not None
-        line = process.stderr.readline()  # "Capturing on 'Loopback: lo'" once it captures
+        line = process.stderr.readline()  # "Capturing on 'Loopback: lo'"
         assert b"Capturing on" in line, line + process.stderr.read()
+        knock_until_written(output, port)
         yield
-        time.sleep(0.2)  # let the last packets reach the file
+        knock_until_written(output, port)
     finally:
         targets.stop_process(process, signal.SIGINT)
 
