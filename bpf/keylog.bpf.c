@@ -8,10 +8,11 @@
  * and secret into one ring record:
  *   on_nss_keylog_int  OpenSSL's static nss_keylog_int(label, ssl,
  *                      client_random, client_random_len, secret, secret_len)
- *   on_bssl_log_secret BoringSSL's bssl::ssl_log_secret(ssl, label,
- *                      Span secret = {data, size}); the client random is at
- *                      *(ssl + deref) + offset, given by the attach cookie
- *                      (deref << 32 | offset) as found in the library.
+ *   on_ssl_log_secret  ssl_log_secret(ssl, label, secret, secret_len):
+ *                      BoringSSL's bssl::ssl_log_secret (Span secret = {data,
+ *                      size}) or OpenSSL's with nss_keylog_int inlined into it;
+ *                      the client random is at *(ssl + deref) + offset or at
+ *                      ssl + offset, as the attach cookie says (KEYLOG_COOKIE_*).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -37,6 +38,13 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } keylog_stats SEC(".maps");
+
+/* The attach cookie of on_ssl_log_secret (KeylogHook.cookie in
+ * src/ecapture/elf/keylog_hook.py): the random's offset in bits 0-31; with
+ * bit 63 set, first a pointer is read at ssl + bits 32-62. */
+#define KEYLOG_COOKIE_DEREF		(1ULL << 63)
+#define KEYLOG_COOKIE_DEREF_SHIFT	32
+#define KEYLOG_COOKIE_DEREF_MASK	0x7fffffffULL
 
 /* The sixth argument register: libbpf 1.1 has no PT_REGS_PARM6. */
 #if defined(__TARGET_ARCH_x86)
@@ -108,16 +116,21 @@ int BPF_KPROBE(on_nss_keylog_int, const char *label, void *ssl, const __u8 *rand
 }
 
 SEC("uprobe")
-int BPF_KPROBE(on_bssl_log_secret, void *ssl, const char *label, const __u8 *secret,
+int BPF_KPROBE(on_ssl_log_secret, void *ssl, const char *label, const __u8 *secret,
 	       __u64 secret_len)
 {
 	__u64 cookie = bpf_get_attach_cookie(ctx);
-	__u64 s3 = 0;
+	__u64 base = (__u64)ssl;
 
-	/* ssl->s3, then its client_random: both offsets proven in the library.
-	 * A failed read leaves s3 0: reading the random from near 0 then
-	 * faults and the record is flagged, never written as a key. */
-	bpf_probe_read_user(&s3, sizeof(s3), (const __u8 *)ssl + (cookie >> 32));
-	return submit((__u64)ssl, label, (const __u8 *)(s3 ? s3 + (__u32)cookie : 0),
+	/* ssl->s3 (BoringSSL), then its client_random: both offsets proven in
+	 * the library. A failed read leaves base 0: reading the random from
+	 * near 0 then faults and the record is flagged, never written as a key. */
+	if (cookie & KEYLOG_COOKIE_DEREF) {
+		__u64 at = (cookie >> KEYLOG_COOKIE_DEREF_SHIFT) & KEYLOG_COOKIE_DEREF_MASK;
+
+		if (bpf_probe_read_user(&base, sizeof(base), (const __u8 *)ssl + at))
+			base = 0;
+	}
+	return submit((__u64)ssl, label, (const __u8 *)(base ? base + (__u32)cookie : 0),
 		      KEYLOG_RANDOM_SIZE, secret, secret_len);
 }

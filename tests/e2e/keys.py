@@ -17,7 +17,7 @@ import pytest
 
 from ecapture.bpf import LoadedObject, ObjectSpec, RingReader
 from ecapture.bpf.tc import remove_leftover_filters
-from ecapture.elf.keylog_hook import Convention, KeylogHook, find_keylog_hook
+from ecapture.elf.keylog_hook import Convention, find_keylog_hook
 from ecapture.output.keylog import KeylogWriter
 from ecapture.secrets import KeylogFailure, KeylogSecret, decode_keylog
 
@@ -41,12 +41,6 @@ def skip_unless_bpf(*objects: Path) -> None:
     for path in objects:
         if not path.is_file():
             pytest.skip(f"{path} is not built (make bpf)")
-
-
-def attach_cookie(hook: KeylogHook) -> int:
-    """What on_bssl_log_secret reads with bpf_get_attach_cookie: deref << 32 | offset."""
-    assert hook.random_deref is not None
-    return hook.random_deref << 32 | hook.random_offset
 
 
 class KeyProbe:
@@ -98,10 +92,10 @@ def key_probe(keylog: Path) -> Iterator[KeyProbe]:
         loaded.attach_uprobe("on_nss_keylog_int", LIBSSL3, offset=openssl.file_offset)
         if BORINGSSL_LIBSSL.is_file():
             boringssl = find_keylog_hook(BORINGSSL_LIBSSL)
-            assert boringssl.convention is Convention.BSSL_LOG_SECRET
+            assert boringssl.convention is Convention.LOG_SECRET
             loaded.attach_uprobe(
-                "on_bssl_log_secret", BORINGSSL_LIBSSL, offset=boringssl.file_offset,
-                cookie=attach_cookie(boringssl),
+                "on_ssl_log_secret", BORINGSSL_LIBSSL, offset=boringssl.file_offset,
+                cookie=boringssl.cookie,
             )
         probe = KeyProbe(loaded, loaded.ring_reader("keys"), keylog)
         try:

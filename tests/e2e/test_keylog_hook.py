@@ -9,6 +9,7 @@ ssl, and BoringSSL's bssl-tool. Needs root, kernel BTF and the built objects.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,8 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+
+from ecapture.elf.keylog_hook import Convention, find_keylog_hook
 
 from . import targets
 from .conftest import require_programs
@@ -229,3 +232,34 @@ def test_our_key_log_decrypts_an_independent_capture(
         capture_output=True, text=True, timeout=60, check=True,
     )
     assert marker not in without.stdout  # the capture alone does not decrypt
+
+
+NODE_CLIENT = r"""
+const tls = require("tls"), fs = require("fs");
+const [host, port, keylog] = process.argv.slice(1);
+const socket = tls.connect({host, port: Number(port), rejectUnauthorized: false}, () => {
+    socket.write("GET /index.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+});
+socket.on("keylog", (line) => fs.appendFileSync(keylog, line));
+socket.on("data", (data) => process.stdout.write(data));
+socket.on("error", (error) => { console.error(error); process.exit(1); });
+"""
+
+
+def test_node_client_with_openssl_built_in(probe: KeyProbe, nginx: Server, tmp_path: Path) -> None:
+    """node links OpenSSL statically (non-PIE, nss_keylog_int inlined into ssl_log_secret):
+    its own hook, found the same way; its 'keylog' events are the lines to match."""
+    require_programs("node")
+    node = Path(shutil.which("node") or "node").resolve()
+    hook = find_keylog_hook(node)
+    assert hook.convention is Convention.LOG_SECRET
+    probe.loaded.attach_uprobe("on_ssl_log_secret", node, offset=hook.file_offset,
+                               cookie=hook.cookie)
+    theirs = tmp_path / "node.keylog"
+    result = run_client(["node", "-e", NODE_CLIENT, HOST, str(nginx.port), str(theirs)]).check()
+    assert result.stdout.endswith(targets.KNOWN_BODY)
+    wanted = client_lines(theirs)
+    assert labels(wanted) >= TLS13_LABELS
+    assert probe.wait_for(wanted) == set()
+    assert probe.failures == []
+    assert "node" in {secret.comm for secret in probe.secrets if secret.line() in wanted}

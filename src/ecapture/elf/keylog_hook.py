@@ -24,9 +24,12 @@ facts in the file:
    SSL_CTX_get_keylog_callback (offset of ctx->keylog_callback) and
    SSL_get_client_random (where the client random lives);
 3. the function that tests `*(*(ssl + ctx) + keylog_callback) == 0` is the
-   one to probe: ssl_log_secret itself (BoringSSL), or the function ssl_log_secret
-   passes (label, ssl, ssl + client random, 32, secret, len) to (OpenSSL's
-   nss_keylog_int).
+   one to probe: ssl_log_secret itself (BoringSSL; an OpenSSL whose compiler
+   inlined nss_keylog_int into it, as node's built-in 3.0 does), or the function
+   ssl_log_secret passes (label, ssl, ssl + client random, 32, secret, len) to
+   (OpenSSL's nss_keylog_int in Debian's libssl.so.3).
+Label addresses are taken RIP-relative (`lea`) in position-independent code and
+as 32-bit immediates (`mov r32, imm32`) in a non-PIE executable.
 Anything else is refused with one line naming the library and its version:
 no key is ever read from a place that was guessed.
 """
@@ -73,8 +76,13 @@ LABELS = (TLS12_LABEL, *TLS13_LABELS)
 CLIENT_RANDOM_SIZE = 32  # SSL3_RANDOM_SIZE
 # BoringSSL's name for it, when a build keeps it (Itanium C++ ABI mangling).
 BORINGSSL_MANGLED = "_ZN4bssl14ssl_log_secretEPK6ssl_stPKcNS_4SpanIKhEE"
-# `lea r64, [rip + disp32]`: REX.W (+R), 8D, ModRM with mod=00 rm=101 (Intel SDM vol. 2, 2.2.1.6).
+# `lea r64, [rip + disp32]`: REX.W (+R), 8D, ModRM with mod=00 rm=101 (Intel SDM vol. 2, 2.2.1.6):
+# how position-independent code takes a string's address.
 RIP_LEA = re.compile(rb"[\x48\x4c]\x8d[\x05\x0d\x15\x1d\x25\x2d\x35\x3d]", re.DOTALL)
+# `mov r32, imm32` (optional REX.B 0x41, B8+r, imm32): how a non-PIE executable (a node
+# binary linked at 0x400000) does, its addresses fitting 32 bits.
+MOV_IMM32_OPCODES = range(0xB8, 0xC0)
+REX_B = 0x41
 FLOW_INSTRUCTIONS = 24  # from a label's lea to the call it feeds (seen: <= 12)
 PROLOGUE_INSTRUCTIONS = 32  # the callback test comes within the first ~12
 BODY_INSTRUCTIONS = 96  # BoringSSL reads the client random ~60 instructions in
@@ -87,9 +95,10 @@ class Convention(enum.StrEnum):
 
     # nss_keylog_int(label, ssl, client_random, client_random_len, secret, secret_len)
     NSS_KEYLOG_INT = "nss_keylog_int"
-    # bssl::ssl_log_secret(ssl, label, secret.data, secret.size); the client random
-    # is read at *(ssl + deref) + offset
-    BSSL_LOG_SECRET = "ssl_log_secret"
+    # ssl_log_secret(ssl, label, secret, secret_len): BoringSSL's (the Span as data, size),
+    # or OpenSSL's with nss_keylog_int inlined (a node binary); the client random is
+    # read at *(ssl + deref) + offset (BoringSSL's ssl->s3) or ssl + offset
+    LOG_SECRET = "ssl_log_secret"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +120,8 @@ class KeylogHook:
     convention: Convention
     vaddr: int
     file_offset: int
-    # BSSL_LOG_SECRET only: client random = *(ssl + random_deref) + random_offset
+    # LOG_SECRET only: client random = *(ssl + random_deref) + random_offset, or
+    # ssl + random_offset when random_deref is None
     random_deref: int | None
     random_offset: int
     logger_vaddr: int  # the ssl_log_secret the labels flow into (== vaddr for BoringSSL)
@@ -130,10 +140,23 @@ class KeylogHook:
                     strict=True,
                 )
             )
+        random = (
+            f"rdi + {self.random_offset:#x}" if self.random_deref is None
+            else f"*(rdi + {self.random_deref:#x}) + {self.random_offset:#x}"
+        )
         return {
             "ssl": "rdi", "label": "rsi", "secret": "rdx", "secret_len": "rcx",
-            "client_random": f"*(rdi + {self.random_deref:#x}) + {self.random_offset:#x}",
+            "client_random": random,
         }
+
+    @property
+    def cookie(self) -> int:
+        """The attach cookie keylog.bpf.c's on_ssl_log_secret reads: bit 63 set when the
+        client random is behind a pointer, that pointer's offset in bits 32-62, the
+        random's offset in bits 0-31."""
+        if self.random_deref is None:
+            return self.random_offset
+        return 1 << 63 | self.random_deref << 32 | self.random_offset
 
     def describe(self) -> str:
         arguments = ", ".join(f"{name}={where}" for name, where in self.registers.items())
@@ -210,13 +233,7 @@ def _label_flows(library: _Library, addresses: dict[int, str]) -> list[LabelFlow
     flows: dict[tuple[int, int], tuple[set[str], list[int]]] = defaultdict(
         lambda: (set(), [])
     )
-    for match in RIP_LEA.finditer(text):
-        at = match.start()
-        if at + 7 > len(text):
-            continue
-        displacement = int.from_bytes(text[at + 3 : at + 7], "little", signed=True)
-        if base + at + 7 + displacement not in addresses:
-            continue
+    for at in _label_loads(text, base, addresses):
         trace = walk(text[at : at + FLOW_INSTRUCTIONS * 15], base + at, registers={},
                      limit=FLOW_INSTRUCTIONS, stop_at_branch=True)
         for branch in trace.branches:
@@ -233,15 +250,39 @@ def _label_flows(library: _Library, addresses: dict[int, str]) -> list[LabelFlow
     ]
 
 
+def _label_loads(text: bytes, base: int, addresses: dict[int, str]) -> list[int]:
+    """Offsets in `text` of instructions that may load a label's address into a register
+    (the walk from each decodes it for real; a false start decodes as something else)."""
+    starts = []
+    for match in RIP_LEA.finditer(text):
+        at = match.start()
+        displacement = int.from_bytes(text[at + 3 : at + 7], "little", signed=True)
+        if at + 7 <= len(text) and base + at + 7 + displacement in addresses:
+            starts.append(at)
+    for address in addresses:
+        if address >= 1 << 32:
+            continue
+        needle = address.to_bytes(4, "little")
+        at = text.find(needle, 1)
+        while at != -1:
+            if text[at - 1] in MOV_IMM32_OPCODES:
+                starts.append(at - 2 if at >= 2 and text[at - 2] == REX_B else at - 1)
+            at = text.find(needle, at + 1)
+    return sorted(set(starts))
+
+
 def _labels_of(value: Value | None, addresses: dict[int, str]) -> set[str]:
     """The labels `value` may be, when every choice is a label's address."""
     if value is None:
         return set()
     names = set()
     for choice in choices(value):
-        if not isinstance(choice, Address) or choice.vaddr not in addresses:
+        if isinstance(choice, Address) and choice.vaddr in addresses:
+            names.add(addresses[choice.vaddr])
+        elif isinstance(choice, Const) and choice.value in addresses:  # mov r32, imm32
+            names.add(addresses[choice.value])
+        else:
             return set()
-        names.add(addresses[choice.vaddr])
     return names
 
 
@@ -312,7 +353,8 @@ def _find(library: _Library, version: SslVersion) -> KeylogHook:
         raise SymbolNotFound(f"the label {TLS12_LABEL} is not in .rodata")
     flow = _logger(_label_flows(library, addresses))
     logger_vaddr = flow.target
-    if library.exe.has(BORINGSSL_MANGLED):
+    # .dynsym only: a large executable's .symtab takes seconds to read (node: ~30 s)
+    if library.exe.exports_function(BORINGSSL_MANGLED):
         exported = library.exe.address(BORINGSSL_MANGLED)
         if exported != logger_vaddr:
             raise SymbolNotFound(
@@ -332,7 +374,8 @@ def _find(library: _Library, version: SslVersion) -> KeylogHook:
     ]
     label_argument = flow.argument
     others = [index for index in range(4) if index != label_argument]
-    # BoringSSL: the logger tests the callback of its SSL* argument itself.
+    # BoringSSL (or OpenSSL with nss_keylog_int inlined): the logger tests the callback of
+    # its SSL* argument itself.
     for ssl_argument in others:
         site = _tests_callback(
             library, logger_vaddr, _callback_test(ctx, callback, ssl_argument)
@@ -353,13 +396,14 @@ def _find(library: _Library, version: SslVersion) -> KeylogHook:
             )
         place = places[0]
         assert isinstance(place, Offset)  # _ssl_pointers returns only Offsets
-        if not isinstance(place.base, Load):
-            raise SymbolNotFound(f"client random at {place}: not behind a pointer (ssl->s3)")
-        assert isinstance(place.base.address, Offset)
+        deref = None
+        if isinstance(place.base, Load):
+            assert isinstance(place.base.address, Offset)  # the shape _ssl_pointers keeps
+            deref = place.base.address.delta
         evidence.append(f"{logger_vaddr:#x} tests ssl->ctx->keylog_callback at {site:#x} "
                         f"and reads the client random at {place}")
-        return _hook(library, version, Convention.BSSL_LOG_SECRET, logger_vaddr,
-                     place.base.address.delta, place.delta, logger_vaddr, flow, evidence)
+        return _hook(library, version, Convention.LOG_SECRET, logger_vaddr,
+                     deref, place.delta, logger_vaddr, flow, evidence)
     # OpenSSL: the logger passes (label, ssl, ssl + random, 32, secret, len) on.
     trace = walk(library.code(logger_vaddr, PROLOGUE_INSTRUCTIONS * 15), logger_vaddr,
                  limit=PROLOGUE_INSTRUCTIONS, stop_at_branch=True)

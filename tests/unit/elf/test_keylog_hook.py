@@ -105,7 +105,7 @@ def test_openssl_hook_is_nss_keylog_int() -> None:
 def test_boringssl_hook_is_ssl_log_secret() -> None:
     library = require_file(BORINGSSL)
     hook = find_keylog_hook(library)
-    assert hook.convention is Convention.BSSL_LOG_SECRET
+    assert hook.convention is Convention.LOG_SECRET
     assert hook.version.flavor == "boringssl"
     assert hook.vaddr == hook.logger_vaddr
     assert hook.file_offset != hook.vaddr  # this file's text is mapped 0x1000 above its offset
@@ -271,28 +271,34 @@ def test_boringssl_look_alike_hook_is_its_ssl_log_secret(build_dir: Path) -> Non
     library = build(build_dir, "boringssl_like", BORINGSSL_LIKE)
     run_tool("strip", "--strip-unneeded", library)
     hook = find_keylog_hook(library)
-    assert hook.convention is Convention.BSSL_LOG_SECRET
+    assert hook.convention is Convention.LOG_SECRET
     assert hook.version.flavor == "boringssl"
     assert (hook.random_deref, hook.random_offset) == (0x28, 0x48)
     assert hook.registers["client_random"] == "*(rdi + 0x28) + 0x48"
+    assert hook.cookie == 1 << 63 | 0x28 << 32 | 0x48
 
 
-def test_inlined_nss_keylog_int_is_refused_naming_library_and_version(build_dir: Path) -> None:
+def test_inlined_nss_keylog_int_makes_ssl_log_secret_the_hook(build_dir: Path) -> None:
+    # what node's static OpenSSL does: ssl_log_secret tests the callback itself
     library = build(build_dir, "openssl_inlined", OPENSSL_LIKE,
                     "-DKEYLOG_INT_ATTRIBUTE=__attribute__((always_inline)) inline")
-    with pytest.raises(SymbolNotFound) as caught:
-        find_keylog_hook(library)
-    message = str(caught.value)
-    assert str(library) in message and "openssl 3.0.99" in message
-    assert "\n" not in message
+    hook = find_keylog_hook(library)
+    assert hook.convention is Convention.LOG_SECRET
+    assert hook.vaddr == symtab_address(library, "ssl_log_secret")
+    assert (hook.random_deref, hook.random_offset) == (None, 0x1A0)
+    assert hook.cookie == 0x1A0
+    assert hook.registers["client_random"] == "rdi + 0x1a0"
 
 
 def test_library_without_labels_is_refused(build_dir: Path) -> None:
     source = OPENSSL_LIKE.replace('"CLIENT_RANDOM"', '"CLIENT_RND"')
     library = build(build_dir, "openssl_nolabel", source,
                     "-DKEYLOG_INT_ATTRIBUTE=__attribute__((noinline))")
-    with pytest.raises(SymbolNotFound, match=r"the label CLIENT_RANDOM is not in \.rodata"):
+    missing = r"the label CLIENT_RANDOM is not in \.rodata"
+    with pytest.raises(SymbolNotFound, match=missing) as caught:
         find_keylog_hook(library)
+    message = str(caught.value)  # one line naming the library and its version
+    assert str(library) in message and "openssl 3.0.99" in message and "\n" not in message
 
 
 def test_logger_without_callback_test_is_refused(build_dir: Path) -> None:
