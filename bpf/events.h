@@ -106,6 +106,82 @@ enum stat_index {
 	STAT_MAX = 8,
 };
 
+/* ---- TLS secrets (bpf/keylog.bpf.c) ----
+ * Their kinds are numbered apart from enum record_kind, so that kinds added
+ * there cannot collide with these. */
+#define RECORD_KEYLOG_SECRET	16	/* struct keylog_event */
+
+/* "CLIENT_HANDSHAKE_TRAFFIC_SECRET" is the longest NSS key-log label (31). */
+#define KEYLOG_LABEL_SIZE	48
+#define KEYLOG_RANDOM_SIZE	32	/* SSL3_RANDOM_SIZE */
+#define KEYLOG_SECRET_SIZE	64	/* EVP_MAX_MD_SIZE; TLS secrets are 32 or 48 */
+
+/* flags of struct keylog_event: the line must not be written */
+#define KEYLOG_FLAG_SECRET_TOO_LONG	(1 << 0)
+#define KEYLOG_FLAG_RANDOM_TOO_LONG	(1 << 1)
+#define KEYLOG_FLAG_READ_FAULT		(1 << 2)
+
+/* One secret as the library logs it: `label random secret` of the NSS key log. */
+struct keylog_event {
+	struct record_header header;	/* conn_id: the SSL* */
+	__u32 label_len;		/* bytes in label[] before its NUL */
+	__u32 random_len;		/* as the library passed it */
+	__u32 secret_len;		/* as the library passed it */
+	__u32 flags;			/* KEYLOG_FLAG_* */
+	char label[KEYLOG_LABEL_SIZE];
+	__u8 random[KEYLOG_RANDOM_SIZE];
+	__u8 secret[KEYLOG_SECRET_SIZE];
+};
+
+/* Indexes of the per-CPU "keylog_stats" array. */
+enum keylog_stat_index {
+	KEYLOG_STAT_RECORDS = 0,	/* records submitted */
+	KEYLOG_STAT_RING_FULL = 1,	/* records lost: ring reservation failed */
+	KEYLOG_STAT_MAX = 2,
+};
+
+/* ---- packets (bpf/tc.bpf.c) ---- */
+#define RECORD_TC_PACKET	17	/* struct tc_packet_event */
+/* Bytes of one packet a record holds at most: loopback's MTU is 65536 and
+ * GSO packets keep IP's 16-bit total length. Power of two for masking. */
+#define TC_PACKET_MAX		65536
+
+enum tc_direction {
+	TC_INGRESS = 0,
+	TC_EGRESS = 1,
+};
+
+/* One packet seen by the TC clsact hook; no process context there, the
+ * socket cookie links it to the connection (0: no socket). */
+struct tc_packet_event {
+	__u32 kind;		/* RECORD_TC_PACKET */
+	__u32 ifindex;
+	__u64 timestamp_ns;	/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 socket_cookie;
+	__u32 len;		/* skb->len: the whole packet from the MAC header */
+	__u32 caplen;		/* bytes in data[] (snap length applied) */
+	__u8 direction;		/* enum tc_direction */
+	__u8 _pad[7];
+	__u8 data[TC_PACKET_MAX];	/* only caplen bytes are submitted */
+};
+
+/* Value of the "sock_owners" map (key: socket cookie): the process that last
+ * used the socket from a system call. */
+struct sock_owner {
+	__u32 pid;	/* tgid */
+	__u32 tid;
+	char comm[TASK_COMM_LEN];
+};
+
+/* Indexes of the per-CPU "tc_stats" array. */
+enum tc_stat_index {
+	TC_STAT_PACKETS = 0,		/* records submitted */
+	TC_STAT_RING_FULL = 1,		/* packets lost: ring full */
+	TC_STAT_RING_FULL_BYTES = 2,	/* their captured bytes */
+	TC_STAT_LOAD_FAULTS = 3,	/* bpf_skb_load_bytes failed */
+	TC_STAT_MAX = 4,
+};
+
 #endif
 
 /* ---- shell commands: bpf/bash.bpf.c, bpf/zsh.bpf.c (ecapture bash, zsh) ----

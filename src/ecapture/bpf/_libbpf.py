@@ -78,6 +78,30 @@ class UprobeOptions(ctypes.Structure):
     )
 
 
+class TcHook(ctypes.Structure):
+    """struct bpf_tc_hook (libbpf 1.1: 24 bytes)."""
+
+    _fields_ = (
+        ("sz", ctypes.c_size_t),
+        ("ifindex", ctypes.c_int),
+        ("attach_point", ctypes.c_int),  # enum bpf_tc_attach_point
+        ("parent", ctypes.c_uint32),
+    )
+
+
+class TcOptions(ctypes.Structure):
+    """struct bpf_tc_opts (libbpf 1.1: 32 bytes)."""
+
+    _fields_ = (
+        ("sz", ctypes.c_size_t),
+        ("prog_fd", ctypes.c_int),
+        ("flags", ctypes.c_uint32),
+        ("prog_id", ctypes.c_uint32),
+        ("handle", ctypes.c_uint32),
+        ("priority", ctypes.c_uint32),
+    )
+
+
 class BtfType(ctypes.Structure):
     """struct btf_type: name_off, info (kind in bits 24-28, vlen in 0-15), size/type."""
 
@@ -148,6 +172,14 @@ _PROTOTYPES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "perf_buffer__consume": (_I, (_P,)),
     "perf_buffer__epoll_fd": (_I, (_P,)),
     "perf_buffer__free": (None, (_P,)),
+    "bpf_program__fd": (_I, (_P,)),
+    "bpf_tc_hook_create": (_I, (ctypes.POINTER(TcHook),)),
+    "bpf_tc_hook_destroy": (_I, (ctypes.POINTER(TcHook),)),
+    "bpf_tc_attach": (_I, (ctypes.POINTER(TcHook), ctypes.POINTER(TcOptions))),
+    "bpf_tc_detach": (_I, (ctypes.POINTER(TcHook), ctypes.POINTER(TcOptions))),
+    "bpf_tc_query": (_I, (ctypes.POINTER(TcHook), ctypes.POINTER(TcOptions))),
+    "bpf_prog_get_fd_by_id": (_I, (ctypes.c_uint32,)),
+    "bpf_obj_get_info_by_fd": (_I, (_I, _P, ctypes.POINTER(ctypes.c_uint32))),
 }
 
 

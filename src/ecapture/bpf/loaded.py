@@ -21,6 +21,7 @@ from ecapture.bpf.readers import (
     PerfReader,
     RingReader,
 )
+from ecapture.bpf.tc import TcFilter, attach_filter
 from ecapture.errors import BpfError, LibraryNotFound
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class LoadedObject:
         self._handle: int | None = handle
         self.path = path
         self._links: list[Link] = []
+        self._tc_filters: list[TcFilter] = []
         self._readers: list[RingReader | PerfReader] = []
 
     @property
@@ -137,6 +139,16 @@ class LoadedObject:
         )
         return self._keep(handle, f"tracepoint/{category}/{name} ({program})")
 
+    def attach_tc(self, program: str, interface: str, direction: str) -> TcFilter:
+        """Add a TC clsact filter (direction "ingress" or "egress") running `program`;
+        removed with the object (bpf/tc.py says how leftovers of a killed run are found)."""
+        fd = _libbpf.libbpf().bpf_program__fd(self._program(program))
+        if fd < 0:
+            raise BpfError(f"program {program!r} was not loaded")
+        tc_filter = attach_filter(fd, interface, direction)
+        self._tc_filters.append(tc_filter)
+        return tc_filter
+
     def map(self, name: str) -> Map:
         handle = _libbpf.libbpf().bpf_object__find_map_by_name(self._object(), name.encode())
         if not handle:
@@ -169,6 +181,12 @@ class LoadedObject:
         for link in reversed(self._links):
             link.close()
         self._links.clear()
+        self._close_tc_filters()
+
+    def _close_tc_filters(self) -> None:
+        for tc_filter in reversed(self._tc_filters):
+            tc_filter.close()
+        self._tc_filters.clear()
 
     def close(self) -> None:
         """Free readers, detach every link (newest first), then close maps and programs."""
@@ -178,6 +196,7 @@ class LoadedObject:
             reader.close()
         for link in reversed(self._links):
             link.close()
+        self._close_tc_filters()
         self._readers.clear()
         self._links.clear()
         handle, self._handle = self._handle, None
