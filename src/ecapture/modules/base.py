@@ -103,6 +103,8 @@ __all__ = ["Module", "ModuleState", "ProbeSpec", "Stat"]
 log = logging.getLogger(__name__)
 
 OBJECT_DIR = Path(__file__).resolve().parent.parent / "objects"
+# Set by the base's constants() in every object that declares them.
+FILTER_CONSTANTS = frozenset({"target_pid", "target_uid", "filter_uid"})
 POLL_INTERVAL_MS = 10  # BENCH.md §3: records are submitted without wake-ups; poll often
 STATS_INTERVAL_S = 1.0
 
@@ -318,7 +320,9 @@ class Module(abc.ABC):
         try:
             known = spec.constants()
             for name, value in self.constants().items():
-                if name in known:  # the base's filters, where the object has them
+                # The base's filters where the object has them; any other
+                # constant must exist (set_constant names the ones it has).
+                if name in known or name not in FILTER_CONSTANTS:
                     spec.set_constant(name, value)
             if declared.programs is not None:
                 names = set(spec.program_names())
