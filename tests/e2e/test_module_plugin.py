@@ -128,8 +128,8 @@ class PluginProbeModule(Module):
         return {RING_MARK: decode_mark, PERF_MARK: decode_mark}
 
     def summary_counts(self) -> str:
-        pipeline = self._pipeline
-        return f"{pipeline.counters.records if pipeline else 0} marks seen"
+        records = self._pipeline.counters.records if self._pipeline else 0
+        return f"{records} records, {records} marks seen"
 
 
 # -- the test --------------------------------------------------------------------------

@@ -237,12 +237,13 @@ class Module(abc.ABC):
         return None
 
     def summary_counts(self) -> str:
-        """What the exit summary says this module produced."""
+        """What the exit summary says this module read and produced."""
         pipeline = self._pipeline
         if pipeline is None:
-            return ""
-        return ", ".join(f"{count} {name}" for name, count in sorted(
-            pipeline.counters.items.items())) or "nothing"
+            return "nothing read"
+        counters = pipeline.counters
+        produced = ", ".join(f"{count} {name}" for name, count in sorted(counters.items.items()))
+        return f"{counters.records} records, {produced or 'nothing produced'}"
 
     def constants(self) -> Mapping[str, int | bytes]:
         """`const volatile` globals to set before load; the base sets the filters."""
@@ -698,8 +699,8 @@ class Module(abc.ABC):
             f"{kernel.get(index, 0)} {label}" for index, label in layout.labels.items()
         ) if layout is not None else "no counters"
         log.info(
-            "summary: %d records, %s; kernel: %s; lost or cut: %s%s",
-            counters.records, self.summary_counts(), kernel_text, losses,
+            "summary: %s; kernel: %s; lost or cut: %s%s",
+            self.summary_counts(), kernel_text, losses,
             f"; {counters.parser_errors} records the processor failed on"
             if counters.parser_errors else "",
             extra={"capture_module": self.name},

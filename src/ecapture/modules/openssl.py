@@ -275,7 +275,8 @@ class OpensslModule(Module):
     def summary_counts(self) -> str:
         pipeline = self._pipeline
         if pipeline is None:
-            return ""
+            return "nothing read"
         counters = pipeline.counters
-        return (f"{counters.data_bytes} payload bytes, {counters.http_exchanges} http exchanges, "
+        return (f"{counters.records} records ({counters.data_bytes} payload bytes), "
+                f"{counters.http_exchanges} http exchanges, "
                 f"{counters.connections_closed} connections closed")

@@ -94,13 +94,13 @@ class ShellModule(Module):
 
     def summary_counts(self) -> str:
         assembler: CommandAssembler | None = getattr(self, "_assembler", None)
-        if assembler is None:
-            return ""
+        if assembler is None or self._pipeline is None:
+            return "nothing read"
         counters = assembler.counters
         shown = f"{counters.commands} command{'' if counters.commands == 1 else 's'}"
         if self.errnumber is not None:
             shown += f" ({counters.filtered} more did not return {self.errnumber})"
-        return shown
+        return f"{self._pipeline.counters.records} records, {shown}"
 
 
 # -- output -----------------------------------------------------------------------
