@@ -10,7 +10,7 @@ BPF_OBJECTS := $(patsubst bpf/%.bpf.c,$(OBJDIR)/%.bpf.o,$(BPF_SOURCES))
 CLANG ?= clang
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 
-# Build tools and the real programs the tests and benchmarks drive (TARGETS.md).
+# Build tools and the real programs the tests and benchmarks drive (docs/targets.md#programs).
 APT_PACKAGES := clang llvm libbpf-dev bpftool make curl openssl ca-certificates \
 	nginx nghttp2-server nghttp2-client wrk bpftrace bpfcc-tools \
 	android-libboringssl android-boringssl procps gcc binutils util-linux libssl-dev libnghttp2-14 jq \

@@ -1,6 +1,6 @@
 """Where the "emulated floor" puts its empty probes: the internal function that SSL_write_ex
-and SSL_read_ex call first (its first instruction is a `push`, emulated by the kernel; BENCH.md
-"Where the time goes" §1). The project's own planner decides when it is importable; otherwise
+and SSL_read_ex call first (its first instruction is a `push`, emulated by the kernel:
+docs/kernel.md#probe-placement). The project's own planner decides when it is importable; otherwise
 objdump's disassembly gives the first `call` target of each exported function."""
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ class PacedResult:
 
 
 def wrk(port: int, seconds: float) -> LoadResult:
-    """`wrk -t1 -c8 -dNs` with HTTP/1.1 keep-alive (the judging workload of BENCH.md)."""
+    """`wrk -t1 -c8 -dNs` with HTTP/1.1 keep-alive (the judging workload:
+    docs/performance.md#judging-workload)."""
     result = procs.run(["wrk", "-t1", "-c8", f"-d{seconds:g}s", f"https://127.0.0.1:{port}/"],
                        timeout=seconds + 30)
     match = re.search(r"(\d+) requests in ([\d.]+)(m?s)", result.stdout)

@@ -6,7 +6,7 @@ Not a test; run it by hand:
 
 Every figure is CPU time of this process per event, best of a few rounds,
 beside a baseline measured in the same run: h11 reading the same stream
-(DESIGN.md: h11 is the correct-but-slow reference). wrk repeats its request
+(docs/architecture.md#dependencies: h11 is the correct-but-slow reference). wrk repeats its request
 and nginx its response head (but for Date) byte for byte, which the parser
 exploits (parsed heads are memoised); the "every head distinct" line times
 the same stream without that help.
@@ -24,7 +24,7 @@ from ecapture.processor.tracker import ConnectionTracker
 SEND = Direction.SEND
 RECV = Direction.RECV
 
-# what wrk sends and nginx `return 200 "ok"` answers (BENCH.md workload)
+# what wrk sends and nginx `return 200 "ok"` answers (docs/performance.md#judging-workload)
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n\r\n"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 08:00:00 GMT\r\n"
             b"Content-Type: text/plain\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")

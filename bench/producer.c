@@ -1,4 +1,4 @@
-/* Synthetic TLS producer for the zero-loss throughput bench (BENCH.md "Goals").
+/* Synthetic TLS producer for the zero-loss throughput bench (docs/performance.md#zero-loss-throughput).
  *
  * One process, two threads, one TLS connection over a socketpair: the main thread SSL_writes
  * records of SIZE bytes at RATE records/s (paced every ~100 us), the other thread SSL_reads them.

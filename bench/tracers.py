@@ -127,7 +127,7 @@ def ours() -> Tracer:
 
 def sslsniff() -> Tracer:
     # Unbuffered, so that its header line ("FUNC ...", printed once the probes are attached)
-    # reaches the file at once; output to a file, as in BENCH.md's measurement.
+    # reaches the file at once; output to a file, as in docs/performance.md#reference-points.
     return Tracer(
         "sslsniff", Role.PEER,
         lambda _capture: [str(SSLSNIFF), "--no-gnutls", "--no-nss"],

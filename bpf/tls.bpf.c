@@ -54,7 +54,7 @@ const volatile __u8 filter_uid = 0;
 const volatile __u64 call_limit = 4 << 20;
 /* Force a reader wake-up once this much is pending; otherwise submit
  * without waking it (the reader polls): wake-ups are charged to the
- * traced program (BENCH.md §3). */
+ * traced program (docs/kernel.md#wake-ups). */
 const volatile __u64 wakeup_bytes = 1 << 20;
 
 struct {

@@ -14,7 +14,8 @@ import msgspec
 
 from ecapture.errors import ConfigError
 
-DEFAULT_MAPSIZE_KIB = 64 * 1024  # BENCH.md: 8 MiB rings lose events under load, 64 MiB did not
+# docs/kernel.md#ring-size: 8 MiB rings lose events under load, 64 MiB did not.
+DEFAULT_MAPSIZE_KIB = 64 * 1024
 # How long a stop may spend writing out what the ring still holds; what is
 # left then is counted as lost (reason "stopped"). A full 256 MiB ring of
 # 256-byte records took 6.9 s to drain to a JSON file here (671k records).
@@ -46,7 +47,7 @@ class ProbePlacement(enum.StrEnum):
     AUTO probes the internal function that SSL_write/SSL_write_ex (and the
     read pair) call first when the disassembly proves it forwards their
     arguments (its first instruction is emulated by the kernel: ~0.4 us a hit
-    instead of ~14 us, BENCH.md); EXPORTED always probes the exported symbols.
+    instead of ~14 us, docs/kernel.md#uprobe-hit-cost); EXPORTED always probes the exported symbols.
     """
 
     AUTO = "auto"

@@ -99,7 +99,7 @@ struct burst_context {
 static long submit_one(__u64 index, struct burst_context *burst)
 {
 	struct test_record *record = (struct test_record *)burst->buffer;
-	/* Wake the reader only with the last record: the test polls anyway (BENCH.md §3). */
+	/* Wake the reader only with the last record: the test polls anyway (docs/kernel.md#wake-ups). */
 	__u64 flags = index + 1 == burst->count ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 	__u32 size = burst->size;
 

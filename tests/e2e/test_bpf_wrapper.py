@@ -294,7 +294,7 @@ with spec.load() as loaded:
 
 def test_tracepoint_attach_inside_a_private_tracefs_mount(tmp_path: Path) -> None:
     """tracepoint/* needs tracefs; it is mounted only in a private mount namespace
-    (never on the host's /sys: TARGETS.md)."""
+    (never on the host's /sys: docs/kernel.md#tracefs)."""
     if _skip_reason():
         pytest.skip(_skip_reason() or "")
     if shutil.which("unshare") is None:

@@ -12,7 +12,7 @@ from ecapture.modules.openssl import TlsConfig
 def test_defaults() -> None:
     config = TlsConfig()
     assert config.pid == 0 and config.uid is None
-    assert config.mapsize_kib == 64 * 1024  # BENCH.md: >= 64 MiB holds bursts
+    assert config.mapsize_kib == 64 * 1024  # docs/kernel.md#ring-size: >= 64 MiB holds bursts
     assert config.model is CaptureModel.TEXT
     assert config.probe_placement is ProbePlacement.AUTO
     assert config.drain_timeout_s == 5.0  # a stop waits at most this long for the ring

@@ -1,7 +1,7 @@
 """`const volatile` globals of a BPF object: where they live in .rodata and how to pack them.
 
 The loader writes them between open and load, so the verifier prunes the
-branches they switch off (STYLE.md, libbpf-bootstrap). Their offsets and sizes
+branches they switch off (docs/architecture.md#bpf-constants). Their offsets and sizes
 come from the object's BTF: the DATASEC named ".rodata" lists one
 btf_var_secinfo (type id of the VAR, offset, size) per variable; libbpf fills in
 the offsets at open (clang leaves them 0 in the ELF).

@@ -81,7 +81,8 @@ def ring_buffer_supported() -> bool:
 @functools.cache
 def raise_memlock_limit() -> None:
     """Lift RLIMIT_MEMLOCK where allowed; kernels >= 5.11 charge BPF memory to the memory
-    cgroup instead, and here the limit is capped at 8 MiB (TARGETS.md): not an error."""
+    cgroup instead, and here the limit is capped at 8 MiB (docs/kernel.md#memlock-limit):
+    not an error."""
     try:
         unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
         resource.setrlimit(resource.RLIMIT_MEMLOCK, unlimited)

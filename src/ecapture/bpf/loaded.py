@@ -133,7 +133,7 @@ class LoadedObject:
 
     def attach_tracepoint(self, program: str, category: str, name: str) -> Link:
         """Attach to a tracefs tracepoint (libbpf reads its id under tracefs, which must be
-        mounted: TARGETS.md)."""
+        mounted: docs/kernel.md#tracefs)."""
         handle = _libbpf.libbpf().bpf_program__attach_tracepoint(
             self._program(program), category.encode(), name.encode()
         )

@@ -1,8 +1,9 @@
 """Readers of the records BPF programs submit: ring buffer, perf buffer as fallback.
 
-A reader copies each record out as bytes and never decodes it (STYLE.md §1:
+A reader copies each record out as bytes and never decodes it (docs/architecture.md#layers:
 decoding is events.py's job). The ctypes callbacks only append: a callback
-that returns < 0 still consumes its record (DESIGN.md), so nothing is retried.
+that returns < 0 still consumes its record (docs/kernel.md#the-libbpf-we-link),
+so nothing is retried.
 `close()` waits for a poll running on another thread (at most its timeout),
 then frees the buffer; a later poll returns [].
 """
@@ -89,7 +90,7 @@ class RingReader:
         (at most `max_batch`; an empty list means the ring is empty).
 
         ring_buffer__poll consumes nothing when no wake-up came (BPF_RB_NO_WAKEUP
-        producers, BENCH.md §3), so ring_buffer__consume follows it.
+        producers, docs/kernel.md#wake-ups), so ring_buffer__consume follows it.
         """
         library = _libbpf.libbpf()
         with self._lock:

@@ -1,7 +1,7 @@
 """Where each SSL read/write uprobe sits, decided from the machine code.
 
 A uprobe costs ~0.4 µs when the kernel can emulate the probed instruction and
-~14 µs when it must single-step it out of line (BENCH.md "Where the time goes"
+~14 µs when it must single-step it out of line (docs/kernel.md#uprobe-hit-cost
 §1). Debian's OpenSSL 3.0 starts SSL_write/SSL_read/SSL_write_ex/SSL_read_ex
 with `sub $N,%rsp` (single-stepped), but each of them first calls one static
 function (ssl_write_internal / ssl_read_internal: `(SSL *s, const void *buf,

@@ -105,7 +105,7 @@ log = logging.getLogger(__name__)
 OBJECT_DIR = Path(__file__).resolve().parent.parent / "objects"
 # Set by the base's constants() in every object that declares them.
 FILTER_CONSTANTS = frozenset({"target_pid", "target_uid", "filter_uid"})
-POLL_INTERVAL_MS = 10  # BENCH.md §3: records are submitted without wake-ups; poll often
+POLL_INTERVAL_MS = 10  # docs/kernel.md#wake-ups: records are submitted without wake-ups; poll often
 STATS_INTERVAL_S = 1.0
 
 

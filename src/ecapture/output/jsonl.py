@@ -1,4 +1,4 @@
-"""`--format json`: one JSON object per line, keys fixed by DESIGN.md.
+"""`--format json`: one JSON object per line, keys fixed by the JSON contract (README.md).
 
 The hot path of the benchmark: a data event becomes one msgspec Struct
 (bytes fields are written as base64 by msgspec itself) and the batch is

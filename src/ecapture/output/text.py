@@ -6,7 +6,7 @@ not printed here: the tracker hands non-HTTP bytes over as Unparsed.
 Every byte that came from the traced program is escaped before it reaches
 the terminal (an ESC in a payload must not drive the user's terminal).
 Colour is plain ANSI, decided by the caller; rich costs ~140 µs a line
-(DESIGN.md), too much per event.
+(docs/performance.md#per-event-costs), too much per event.
 """
 
 from __future__ import annotations

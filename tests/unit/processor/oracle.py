@@ -1,7 +1,7 @@
 """h11 as the oracle for HTTP/1 heads and bodies.
 
 h11 is a strict, well-tested HTTP/1.1 implementation (30-70x slower than
-ours, DESIGN.md); here it reads the same recorded bytes as the two peers
+ours, docs/architecture.md#dependencies); here it reads the same recorded bytes as the two peers
 would: a server-role connection reads the client's bytes, a client-role
 connection reads the server's, and each is told what its peer sent so that
 it knows the framing (HEAD, 1xx, pipelining one cycle at a time).
