@@ -68,85 +68,101 @@ static __always_inline void fill_header(struct db_header *header, __u32 kind, __
 	bpf_get_current_comm(header->comm, sizeof(header->comm));
 }
 
-/* Copy a query's text into chunk records. `length` is the text's length
- * when the server passed it (mysqld's packet), or 0 for a NUL-terminated
- * string (postgres). Returns the query id (its start time). */
-static __always_inline __u64 submit_text(__u64 pid_tgid, const char *text, __u32 length,
-					 __u64 conn, __u8 command)
+struct text_copy {
+	const char *text;
+	__u32 length;	/* 0: NUL-terminated */
+	__u32 offset;
+};
+
+/* One chunk of the text at copy->offset (a bpf_loop step: 1 ends the loop). */
+static long copy_chunk(__u64 index, void *context)
 {
-	__u32 zero = 0, offset = 0, size, n;
+	struct text_copy *copy = context;
+	__u32 zero = 0, size, length = copy->length, offset = copy->offset;
 	struct db_query_chunk *chunk = bpf_map_lookup_elem(&chunk_scratch, &zero);
-	__u64 now = bpf_ktime_get_ns();
+	const char *text = copy->text;
 	long copied;
 	char next = 0;
+	__u64 n;
 
 	if (!chunk)
-		return now;	/* cannot happen: a one-slot per-CPU array */
+		return 1;	/* cannot happen: a one-slot per-CPU array */
+	chunk->flags = 0;
+	chunk->offset = offset;
+	if (length) {
+		n = (__u64)length - offset;
+		if (n > DB_CHUNK_SIZE)
+			n = DB_CHUNK_SIZE;
+		else
+			chunk->flags |= DB_CHUNK_LAST;
+		/* Keep the bound on the register the helper gets. */
+		asm volatile("" : "+r"(n));
+		if (n > DB_CHUNK_SIZE)
+			n = DB_CHUNK_SIZE;
+		if (n == 0 || bpf_probe_read_user(chunk->data, n, text + offset)) {
+			if (n)
+				stat_add(DB_STAT_READ_FAULTS, 1);
+			chunk->flags |= DB_CHUNK_LAST | (n ? DB_CHUNK_READ_FAULT : 0);
+			n = 0;
+		}
+	} else {
+		/* A NUL-terminated copy holds DB_CHUNK_SIZE - 1 text bytes. */
+		copied = bpf_probe_read_user_str(chunk->data, DB_CHUNK_SIZE, text + offset);
+		if (copied <= 0) {
+			stat_add(DB_STAT_READ_FAULTS, 1);
+			chunk->flags |= DB_CHUNK_LAST | DB_CHUNK_READ_FAULT;
+			n = 0;
+		} else {
+			n = copied - 1;
+			if (copied < DB_CHUNK_SIZE)
+				chunk->flags |= DB_CHUNK_LAST;
+		}
+	}
+	asm volatile("" : "+r"(n));
+	if (n > DB_CHUNK_SIZE)
+		n = DB_CHUNK_SIZE;
+	chunk->data_len = n;
+	if (!(chunk->flags & DB_CHUNK_LAST) && index == DB_MAX_CHUNKS - 1) {
+		/* The limit: cut unless the text ends just here. */
+		if (length)
+			next = offset + n < length;
+		else
+			bpf_probe_read_user(&next, 1, text + offset + n);
+		chunk->flags |= DB_CHUNK_LAST | (next ? DB_CHUNK_TRUNCATED : 0);
+		if (next)
+			stat_add(DB_STAT_TRUNCATED, 1);
+	}
+	size = offsetof(struct db_query_chunk, data) + n;
+	if (bpf_ringbuf_output(&events, chunk, size, 0)) {
+		stat_add(DB_STAT_RING_FULL_RECORDS, 1);
+		stat_add(DB_STAT_RING_FULL_BYTES, n);
+	} else {
+		stat_add(DB_STAT_RECORDS, 1);
+	}
+	copy->offset = offset + n;
+	return (chunk->flags & DB_CHUNK_LAST) ? 1 : 0;
+}
+
+/* Copy a query's text into chunk records. `length` is the text's length
+ * when the server passed it (mysqld's packet), or 0 for a NUL-terminated
+ * string (postgres). */
+static __always_inline void submit_text(__u64 pid_tgid, const char *text, __u32 length,
+					__u64 conn, __u8 command)
+{
+	__u32 zero = 0;
+	struct db_query_chunk *chunk = bpf_map_lookup_elem(&chunk_scratch, &zero);
+	struct text_copy copy = { .text = text, .length = length, .offset = 0 };
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!chunk)
+		return;	/* cannot happen: a one-slot per-CPU array */
 	fill_header(&chunk->header, RECORD_DB_QUERY_CHUNK, pid_tgid, now);
 	chunk->query_id = now;
 	chunk->conn = conn;
 	chunk->total_len = length;
 	chunk->command = command;
 	chunk->_pad0 = 0;
-	for (int index = 0; index < DB_MAX_CHUNKS; index++) {
-		chunk->flags = 0;
-		chunk->offset = offset;
-		if (length) {
-			n = length - offset;
-			if (n > DB_CHUNK_SIZE)
-				n = DB_CHUNK_SIZE;
-			else
-				chunk->flags |= DB_CHUNK_LAST;
-			if (n == 0 || bpf_probe_read_user(chunk->data, n & (2 * DB_CHUNK_SIZE - 1)
-							  & (DB_CHUNK_SIZE | (DB_CHUNK_SIZE - 1)),
-							  text + offset)) {
-				if (n)
-					stat_add(DB_STAT_READ_FAULTS, 1);
-				chunk->flags |= DB_CHUNK_LAST | (n ? DB_CHUNK_READ_FAULT : 0);
-				n = 0;
-			}
-		} else {
-			/* A NUL-terminated copy holds DB_CHUNK_SIZE - 1 text bytes. */
-			copied = bpf_probe_read_user_str(chunk->data, DB_CHUNK_SIZE, text + offset);
-			if (copied <= 0) {
-				stat_add(DB_STAT_READ_FAULTS, 1);
-				chunk->flags |= DB_CHUNK_LAST | DB_CHUNK_READ_FAULT;
-				n = 0;
-			} else {
-				n = copied - 1;
-				if (copied < DB_CHUNK_SIZE)
-					chunk->flags |= DB_CHUNK_LAST;
-			}
-		}
-		n &= 2 * DB_CHUNK_SIZE - 1;
-		if (n > DB_CHUNK_SIZE)
-			n = DB_CHUNK_SIZE;
-		chunk->data_len = n;
-		if (!(chunk->flags & DB_CHUNK_LAST) && index == DB_MAX_CHUNKS - 1) {
-			/* The limit: cut unless the text ends just here. */
-			next = 0;
-			if (length)
-				next = offset + n < length;
-			else
-				bpf_probe_read_user(&next, 1, text + offset + n);
-			chunk->flags |= DB_CHUNK_LAST | (next ? DB_CHUNK_TRUNCATED : 0);
-			if (next)
-				stat_add(DB_STAT_TRUNCATED, 1);
-		}
-		size = offsetof(struct db_query_chunk, data) + n;
-		if (size > sizeof(*chunk))
-			size = sizeof(*chunk);
-		if (bpf_ringbuf_output(&events, chunk, size, 0)) {
-			stat_add(DB_STAT_RING_FULL_RECORDS, 1);
-			stat_add(DB_STAT_RING_FULL_BYTES, n);
-		} else {
-			stat_add(DB_STAT_RECORDS, 1);
-		}
-		if (chunk->flags & DB_CHUNK_LAST)
-			break;
-		offset += n;
-	}
-	return now;
+	bpf_loop(DB_MAX_CHUNKS, copy_chunk, &copy, 0);
 }
 
 /* The end record in end_scratch (filled by the caller past the header). */

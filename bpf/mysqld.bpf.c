@@ -79,20 +79,22 @@ int dispatch_enter(struct pt_regs *ctx)
 	__u32 zero = 0, length = 0;
 	struct dispatch *state;
 	const char *text = NULL;
+	__u64 arg1 = PT_REGS_PARM1(ctx), arg2 = PT_REGS_PARM2(ctx);
+	__u64 arg3 = PT_REGS_PARM3(ctx), arg4 = PT_REGS_PARM4(ctx);
 	__u64 thd, data;
 	__u8 command;
 
 	if (!wanted(pid_tgid))
 		return 0;	/* filtered out by -p/-u */
 	if (dispatch_signature == SIGNATURE_MYSQL) {
-		thd = PT_REGS_PARM1(ctx);
-		data = PT_REGS_PARM2(ctx);
-		command = PT_REGS_PARM3(ctx);
+		thd = arg1;
+		data = arg2;
+		command = arg3;
 	} else {
-		command = PT_REGS_PARM1(ctx);
-		thd = PT_REGS_PARM2(ctx);
-		data = PT_REGS_PARM3(ctx);
-		length = PT_REGS_PARM4(ctx);
+		command = arg1;
+		thd = arg2;
+		data = arg3;
+		length = arg4;
 	}
 	if (command != COM_QUERY && command != COM_STMT_PREPARE && command != COM_STMT_EXECUTE)
 		return 0;	/* ping, quit, change user...: not a statement */
@@ -156,19 +158,23 @@ int error_packet(struct pt_regs *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct dispatch *state = bpf_map_lookup_elem(&running, &pid_tgid);
+	/* Every argument register read first: the compiler must not pick the
+	 * context offset by a branch (the verifier refuses a moved ctx pointer). */
+	__u64 arg2 = PT_REGS_PARM2(ctx), arg3 = PT_REGS_PARM3(ctx);
+	__u64 arg4 = PT_REGS_PARM4(ctx), arg5 = PT_REGS_PARM5(ctx);
 	const char *message, *sqlstate;
 	long copied;
 
 	if (!state || state->error)
 		return 0;	/* no statement running here, or its first error is kept */
 	if (bpf_get_attach_cookie(ctx) == ERROR_MYSQL) {
-		state->error_code = PT_REGS_PARM2(ctx);
-		message = (const char *)PT_REGS_PARM3(ctx);
-		sqlstate = (const char *)PT_REGS_PARM4(ctx);
+		state->error_code = arg2;
+		message = (const char *)arg3;
+		sqlstate = (const char *)arg4;
 	} else {
-		state->error_code = PT_REGS_PARM3(ctx);
-		message = (const char *)PT_REGS_PARM4(ctx);
-		sqlstate = (const char *)PT_REGS_PARM5(ctx);
+		state->error_code = arg3;
+		message = (const char *)arg4;
+		sqlstate = (const char *)arg5;
 	}
 	state->error = 1;
 	copied = message ? bpf_probe_read_user_str(state->message, DB_MESSAGE_SIZE, message) : 0;
@@ -183,17 +189,18 @@ int prepared_id(struct pt_regs *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct dispatch *state = bpf_map_lookup_elem(&running, &pid_tgid);
+	__u64 arg2 = PT_REGS_PARM2(ctx), arg3 = PT_REGS_PARM3(ctx);
 	__u8 packet[5];
 
 	if (!state || state->command != COM_STMT_PREPARE || state->stmt_id)
 		return 0;	/* not in a prepare, or its id is known already */
 	if (bpf_get_attach_cookie(ctx) == PREPARED_PS_STATUS) {
-		state->stmt_id = PT_REGS_PARM2(ctx);
+		state->stmt_id = arg2;
 		return 0;
 	}
-	if (PT_REGS_PARM3(ctx) != PREPARE_OK_SIZE)
+	if (arg3 != PREPARE_OK_SIZE)
 		return 0;	/* not the prepare's OK packet */
-	if (bpf_probe_read_user(packet, sizeof(packet), (void *)PT_REGS_PARM2(ctx))) {
+	if (bpf_probe_read_user(packet, sizeof(packet), (void *)arg2)) {
 		stat_add(DB_STAT_READ_FAULTS, 1);
 		return 0;	/* unreadable: counted */
 	}
