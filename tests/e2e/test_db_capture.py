@@ -138,8 +138,13 @@ def test_postgres_simple_and_extended_protocol(
     extended = f"select %s::text as {marker}_extended, %s::int + 1"
     extended_failing = f"select 1 / %s as {marker}_zero"
     big = f"select '{marker}-big-" + "x" * (100 * 1024) + "' as big"
+    # An error caught inside a function: the statement succeeds, and the
+    # statements the function runs are not queries of their own.
+    caught = (f"do $$ begin perform 1 / 0; exception when division_by_zero then "
+              f"raise notice '{marker}-caught'; end $$")
     with capture(ecapture, tmp_path / "capture", module="postgres") as running:
         run_psql(postgres, simple)
+        assert f"{marker}-caught" in run_psql(postgres, caught).stderr
         done = run_psql(postgres, failing, check=False)
         assert done.returncode != 0 and "does not exist" in done.stderr, done.stderr
         assert marker in run_psql(postgres, copy).stdout
@@ -161,12 +166,13 @@ def test_postgres_simple_and_extended_protocol(
     assert query["db_pid"] == query["thread"] != postgres.pid  # a backend, not the postmaster
     assert the_one(events, failing)["status"] == "error"
     assert the_one(events, copy)["status"] == "ok"
+    assert the_one(events, caught)["status"] == "ok"
     # psycopg sends $1, $2 for %s: the text the server parsed.
     assert the_one(events, f"select $1::text as {marker}_extended, $2::int + 1")["status"] == "ok"
     assert the_one(events, f"select 1 / $1 as {marker}_zero")["status"] == "error"
     whole = the_one(events, big)
     assert whole["status"] == "ok" and not whole["truncated"] and whole["sql_len"] == len(big)
-    assert len(queries_with(events, marker)) == 6  # each statement once
+    assert len(queries_with(events, marker)) == 7  # each statement once
 
 
 def test_postgres_query_past_the_limit_is_cut_and_counted(
