@@ -289,6 +289,9 @@ enum db_status {
 	/* postgres: the backend went idle (ReadyForQuery); the error, if any,
 	 * came as an end record of its own just before */
 	DB_STATUS_IDLE = 3,
+	/* postgres: PortalRun began running the query: one per execution, so
+	 * the same text reported again after it is the next execution */
+	DB_STATUS_RUN = 4,
 };
 
 struct db_header {

@@ -13,6 +13,10 @@
  * (the server keeps only track_activity_query_size bytes of it).
  * The USDT probe query__start is not used: Debian's postgres 15 has it in
  * exec_simple_query only (readelf -n), so it misses the extended protocol.
+ * An execution: PortalRun (exported), called by exec_simple_query per
+ * statement and by exec_execute_message per Execute. Parse and Bind report
+ * the text without running it, so in a pipeline (several executions of one
+ * text before a Sync) the report after a run starts the next execution.
  * The error: AbortCurrentTransaction, which the backend's error recovery
  * calls when an ERROR reaches the top level (postgres.c, the sigsetjmp
  * block of PostgresMain), before the idle report.
@@ -87,5 +91,21 @@ int abort_transaction(struct pt_regs *ctx)
 	if (!end)
 		return 0;	/* cannot happen: a one-slot per-CPU array */
 	end->status = DB_STATUS_ERROR;
+	return submit_end(end);
+}
+
+SEC("uprobe")
+int portal_run(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 pid = pid_tgid >> 32;
+	struct db_query_end *end;
+
+	if (!bpf_map_lookup_elem(&busy, &pid))
+		return 0;	/* no query of ours running (or filtered out) */
+	end = end_record(pid_tgid);
+	if (!end)
+		return 0;	/* cannot happen: a one-slot per-CPU array */
+	end->status = DB_STATUS_RUN;
 	return submit_end(end);
 }

@@ -47,6 +47,7 @@ class DbStatus(enum.IntEnum):
     OK = 1
     ERROR = 2
     IDLE = 3  # postgres: the backend went idle; an error came as a record of its own
+    RUN = 4  # postgres: PortalRun began executing the query (one per execution)
 
 
 class DbStat(enum.IntEnum):

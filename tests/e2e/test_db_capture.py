@@ -138,6 +138,7 @@ def test_postgres_simple_and_extended_protocol(
     extended = f"select %s::text as {marker}_extended, %s::int + 1"
     extended_failing = f"select 1 / %s as {marker}_zero"
     big = f"select '{marker}-big-" + "x" * (100 * 1024) + "' as big"
+    pipelined = f"select %s::int as {marker}_pipelined"
     # An error caught inside a function: the statement succeeds, and the
     # statements the function runs are not queries of their own.
     caught = (f"do $$ begin perform 1 / 0; exception when division_by_zero then "
@@ -156,6 +157,8 @@ def test_postgres_simple_and_extended_protocol(
                 conn.execute(extended_failing, (0,))
             fetched = conn.execute(big).fetchone()
             assert fetched is not None and len(fetched[0]) > 100 * 1024
+            # executemany pipelines its executions: one Sync for all three.
+            conn.cursor().executemany(pipelined, [(1,), (2,), (3,)])
     result = running.result
     assert_clean_stop(result)
     events = result.events
@@ -172,7 +175,9 @@ def test_postgres_simple_and_extended_protocol(
     assert the_one(events, f"select 1 / $1 as {marker}_zero")["status"] == "error"
     whole = the_one(events, big)
     assert whole["status"] == "ok" and not whole["truncated"] and whole["sql_len"] == len(big)
-    assert len(queries_with(events, marker)) == 7  # each statement once
+    runs = queries_with(events, f"select $1::int as {marker}_pipelined")
+    assert [(event["command"], event["status"]) for event in runs] == [("query", "ok")] * 3
+    assert len(queries_with(events, marker)) == 10  # each execution once
 
 
 def test_postgres_query_past_the_limit_is_cut_and_counted(

@@ -2,10 +2,11 @@
 pid, the duration and success or failure.
 
 Hooks (bpf/postgres.bpf.c): pgstat_report_activity (the query's text when it
-starts, the idle report when the backend is ready for the next one) and
-AbortCurrentTransaction (an error reached the top level). Both are exported
+starts, the idle report when the backend is ready for the next one),
+PortalRun (one per execution) and AbortCurrentTransaction (an error reached
+the top level). All three are exported
 by Debian's stripped postgres 15 (exec_simple_query and exec_execute_message
-are static there); no version is assumed, only these two symbols.
+are static there); no version is assumed, only these symbols.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 REPORT_ACTIVITY = "pgstat_report_activity"
 ABORT = "AbortCurrentTransaction"
+PORTAL_RUN = "PortalRun"
+HOOKED = (REPORT_ACTIVITY, ABORT, PORTAL_RUN)
 SERVER_NAMES = ("postgres",)
 
 
@@ -85,13 +88,13 @@ class PostgresModule(DatabaseModule):
         binary = find_server(self.postgres_config.postgres, SERVER_NAMES, "--postgres",
                              installed_bin_dirs())
         executable = Executable(binary)
-        missing = [name for name in (REPORT_ACTIVITY, ABORT) if not executable.has(name)]
+        missing = [name for name in HOOKED if not executable.has(name)]
         if missing:
             raise LibraryNotFound(f"{binary}: no {' or '.join(missing)} symbol; is it postgres?")
-        self.offsets = {name: executable.offset_of(name) for name in (REPORT_ACTIVITY, ABORT)}
+        self.offsets = {name: executable.offset_of(name) for name in HOOKED}
         self.binary = binary
-        log.info("%s: queries from %s, errors from %s", binary, REPORT_ACTIVITY, ABORT,
-                 extra={"capture_module": self.name})
+        log.info("%s: queries from %s, executions from %s, errors from %s", binary,
+                 REPORT_ACTIVITY, PORTAL_RUN, ABORT, extra={"capture_module": self.name})
 
     def bpf_objects(self) -> Sequence[BpfObject]:
         return (BpfObject(self.object_file),)
@@ -104,4 +107,5 @@ class PostgresModule(DatabaseModule):
             ProbeSpec("report_activity", binary, self.offsets[REPORT_ACTIVITY],
                       label=REPORT_ACTIVITY),
             ProbeSpec("abort_transaction", binary, self.offsets[ABORT], label=ABORT),
+            ProbeSpec("portal_run", binary, self.offsets[PORTAL_RUN], label=PORTAL_RUN),
         )

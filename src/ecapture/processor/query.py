@@ -10,9 +10,13 @@ query id, increasing offsets), then one end record when the server is done:
   connection (the THD*); id 0xffffffff is MariaDB's "the last one prepared".
 - postgres: a backend reports its query's text at Parse, Bind and Execute
   (the extended protocol) or once (the simple one), and goes idle at
-  ReadyForQuery. So a text starts a query, the same text again continues it,
-  another text ends it (ok: an error would have skipped to Sync) and starts
-  the next, an error record marks it failed, and the idle record ends it.
+  ReadyForQuery; PortalRun says an execution began. So a text starts a
+  query, the same text again continues it (Bind, Execute) until the query
+  ran, another text or the same one after a run ends it (ok: an error would
+  have skipped to Sync) and starts the next (a pipeline), an error record
+  marks it failed, and the idle record ends it. A text that never ran before
+  the idle record was only parsed: command "prepare" (a client preparing a
+  statement, e.g. psycopg after prepare_threshold executions).
 A text the kernel cut is flagged `truncated` and counted as `lost`
 (kernel_limit); a chunk lost in between (the ring was full) flags it too.
 """
@@ -99,6 +103,7 @@ class _Running:
     text: _Text
     sql: bytes
     error: QueryEnd | None = None
+    ran: bool = False  # postgres: PortalRun ran it
 
 
 @dataclass(slots=True)
@@ -158,7 +163,7 @@ class QueryAssembler:
         running = self._running.get(key)
         sql = text.sql
         if self.flavor is Flavor.POSTGRES and running is not None:
-            if running.sql == sql and running.error is None:
+            if running.sql == sql and running.error is None and not running.ran:
                 return  # Bind or Execute of the statement just parsed
             del self._running[key]
             self._emit(running, now_ns, running.error, out)
@@ -176,6 +181,9 @@ class QueryAssembler:
         if running is None:
             self.counters.orphan_ends += 1
             return
+        if end.status is DbStatus.RUN:
+            running.ran = True
+            return
         if end.status is DbStatus.ERROR and self.flavor is Flavor.POSTGRES:
             running.error = end  # the idle record ends it
             return
@@ -188,8 +196,13 @@ class QueryAssembler:
         text = running.text
         first = text.first
         sql = running.sql
-        command = COMMANDS.get(first.command, "query") if self.flavor is Flavor.MYSQLD \
-            else "query"
+        if self.flavor is Flavor.MYSQLD:
+            command = COMMANDS.get(first.command, "query")
+        else:
+            # Parsed (a Parse message) but never run before the backend went
+            # idle: a statement prepared for later Bind/Execute.
+            command = ("prepare" if end_ns is not None and error is None and not running.ran
+                       and sql.strip() else "query")
         stmt_id: int | None = None
         unseen = False
         connection = (first.pid, first.conn)

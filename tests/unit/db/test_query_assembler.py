@@ -162,35 +162,60 @@ def pg_end(ts: int, status: DbStatus, *, pid: int = 200) -> QueryEnd:
     return QueryEnd(ts, pid, pid, 0, "postgres", 0, status, 0, 0, 0, "", b"")
 
 
+def summary(out: list[Query | Lost]) -> list[tuple[bytes, str, int | None, str | None]]:
+    return [(q.sql, q.command, q.duration_ns, q.status) for q in out if isinstance(q, Query)]
+
+
 def test_postgres_extended_protocol_reports_are_one_query() -> None:
     assembler = QueryAssembler(Flavor.POSTGRES)
     text = b"select $1::int"
+    # Parse, Bind, Execute each report the text; PortalRun runs it.
     out = feed(assembler, pg_chunk(1_000, text), pg_chunk(1_100, text), pg_chunk(1_200, text),
-               pg_end(1_900, DbStatus.IDLE))
-    assert [(q.sql, q.duration_ns, q.status) for q in out if isinstance(q, Query)] == [
-        (text, 900, "ok")]
+               pg_end(1_300, DbStatus.RUN), pg_end(1_900, DbStatus.IDLE))
+    assert summary(out) == [(text, "query", 900, "ok")]
 
 
 def test_postgres_error_then_idle() -> None:
     assembler = QueryAssembler(Flavor.POSTGRES)
-    out = feed(assembler, pg_chunk(1_000, b"select 1/0"), pg_end(1_300, DbStatus.ERROR),
-               pg_end(1_400, DbStatus.IDLE), pg_chunk(2_000, b"select 1"),
+    out = feed(assembler, pg_chunk(1_000, b"select 1/0"), pg_end(1_100, DbStatus.RUN),
+               pg_end(1_300, DbStatus.ERROR), pg_end(1_400, DbStatus.IDLE),
+               pg_chunk(2_000, b"select 1"), pg_end(2_050, DbStatus.RUN),
                pg_end(2_100, DbStatus.IDLE))
-    assert [(q.sql, q.duration_ns, q.status) for q in out if isinstance(q, Query)] == [
-        (b"select 1/0", 400, "error"), (b"select 1", 100, "ok")]
+    assert summary(out) == [(b"select 1/0", "query", 400, "error"),
+                            (b"select 1", "query", 100, "ok")]
 
 
 def test_postgres_pipelined_queries_end_at_the_next_one() -> None:
     assembler = QueryAssembler(Flavor.POSTGRES)
-    out = feed(assembler, pg_chunk(1_000, b"insert 1"), pg_chunk(1_200, b"insert 2"),
+    out = feed(assembler, pg_chunk(1_000, b"insert 1"), pg_end(1_100, DbStatus.RUN),
+               pg_chunk(1_200, b"insert 2"), pg_end(1_300, DbStatus.RUN),
                pg_end(1_500, DbStatus.IDLE))
-    assert [(q.sql, q.duration_ns, q.status) for q in out if isinstance(q, Query)] == [
-        (b"insert 1", 200, "ok"), (b"insert 2", 300, "ok")]
+    assert summary(out) == [(b"insert 1", "query", 200, "ok"), (b"insert 2", "query", 300, "ok")]
+
+
+def test_postgres_one_text_run_again_in_a_pipeline_is_each_execution() -> None:
+    assembler = QueryAssembler(Flavor.POSTGRES)
+    text = b"insert into t values ($1)"
+    records: list[object] = [pg_chunk(1_000, text)]  # Parse
+    for step in range(3):  # Bind, Execute, PortalRun per row (executemany)
+        at = 1_100 + step * 300
+        records += [pg_chunk(at, text), pg_chunk(at + 100, text), pg_end(at + 150, DbStatus.RUN)]
+    out = feed(assembler, *records, pg_end(2_500, DbStatus.IDLE))
+    assert summary(out) == [(text, "query", 400, "ok"), (text, "query", 300, "ok"),
+                            (text, "query", 800, "ok")]
+
+
+def test_postgres_a_text_parsed_but_not_run_is_a_prepare() -> None:
+    assembler = QueryAssembler(Flavor.POSTGRES)
+    out = feed(assembler, pg_chunk(1_000, b"select 1"), pg_end(1_200, DbStatus.IDLE),
+               pg_chunk(2_000, b""), pg_end(2_100, DbStatus.IDLE))
+    assert summary(out) == [(b"select 1", "prepare", 200, "ok"), (b"", "query", 100, "ok")]
 
 
 def test_postgres_backends_are_apart() -> None:
     assembler = QueryAssembler(Flavor.POSTGRES)
     out = feed(assembler, pg_chunk(1_000, b"a", pid=1), pg_chunk(1_100, b"b", pid=2),
+               pg_end(1_150, DbStatus.RUN, pid=1), pg_end(1_160, DbStatus.RUN, pid=2),
                pg_end(1_500, DbStatus.IDLE, pid=2), pg_end(1_600, DbStatus.IDLE, pid=1))
     assert [(q.sql, q.thread, q.duration_ns) for q in out if isinstance(q, Query)] == [
         (b"b", 2, 400), (b"a", 1, 600)]
