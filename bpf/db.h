@@ -70,8 +70,9 @@ static __always_inline void fill_header(struct db_header *header, __u32 kind, __
 
 struct text_copy {
 	const char *text;
-	__u32 length;	/* 0: NUL-terminated */
+	__u32 length;	/* when sized */
 	__u32 offset;
+	bool sized;	/* false: NUL-terminated */
 };
 
 /* One chunk of the text at copy->offset (a bpf_loop step: 1 ends the loop). */
@@ -79,6 +80,7 @@ static long copy_chunk(__u64 index, void *context)
 {
 	struct text_copy *copy = context;
 	__u32 zero = 0, size, length = copy->length, offset = copy->offset;
+	bool sized = copy->sized;
 	struct db_query_chunk *chunk = bpf_map_lookup_elem(&chunk_scratch, &zero);
 	const char *text = copy->text;
 	long copied;
@@ -89,7 +91,7 @@ static long copy_chunk(__u64 index, void *context)
 		return 1;	/* cannot happen: a one-slot per-CPU array */
 	chunk->flags = 0;
 	chunk->offset = offset;
-	if (length) {
+	if (sized) {
 		n = (__u64)length - offset;
 		if (n > DB_CHUNK_SIZE)
 			n = DB_CHUNK_SIZE;
@@ -124,7 +126,7 @@ static long copy_chunk(__u64 index, void *context)
 	chunk->data_len = n;
 	if (!(chunk->flags & DB_CHUNK_LAST) && index == DB_MAX_CHUNKS - 1) {
 		/* The limit: cut unless the text ends just here. */
-		if (length)
+		if (sized)
 			next = offset + n < length;
 		else
 			bpf_probe_read_user(&next, 1, text + offset + n);
@@ -143,15 +145,14 @@ static long copy_chunk(__u64 index, void *context)
 	return (chunk->flags & DB_CHUNK_LAST) ? 1 : 0;
 }
 
-/* Copy a query's text into chunk records. `length` is the text's length
- * when the server passed it (mysqld's packet), or 0 for a NUL-terminated
- * string (postgres). */
-static __always_inline void submit_text(__u64 pid_tgid, const char *text, __u32 length,
-					__u64 conn, __u8 command)
+/* Copy a query's text into chunk records: `length` bytes when `sized`
+ * (mysqld's packet, maybe empty), else a NUL-terminated string (postgres). */
+static __always_inline void submit_text(__u64 pid_tgid, const char *text, bool sized,
+					__u32 length, __u64 conn, __u8 command)
 {
 	__u32 zero = 0;
 	struct db_query_chunk *chunk = bpf_map_lookup_elem(&chunk_scratch, &zero);
-	struct text_copy copy = { .text = text, .length = length, .offset = 0 };
+	struct text_copy copy = { .text = text, .length = length, .offset = 0, .sized = sized };
 	__u64 now = bpf_ktime_get_ns();
 
 	if (!chunk)
@@ -159,7 +160,7 @@ static __always_inline void submit_text(__u64 pid_tgid, const char *text, __u32 
 	fill_header(&chunk->header, RECORD_DB_QUERY_CHUNK, pid_tgid, now);
 	chunk->query_id = now;
 	chunk->conn = conn;
-	chunk->total_len = length;
+	chunk->total_len = sized ? length : 0;
 	chunk->command = command;
 	chunk->_pad0 = 0;
 	bpf_loop(DB_MAX_CHUNKS, copy_chunk, &copy, 0);

@@ -126,7 +126,7 @@ int dispatch_enter(struct pt_regs *ctx)
 	__builtin_memset(state->sqlstate, 0, sizeof(state->sqlstate));
 	bpf_map_update_elem(&running, &pid_tgid, state, BPF_ANY);
 	/* An empty packet still makes a record: the query is seen. */
-	submit_text(pid_tgid, text, length ? length : 0, thd, command);
+	submit_text(pid_tgid, text, true, length, thd, command);
 	return 0;
 }
 

@@ -62,7 +62,7 @@ int report_activity(struct pt_regs *ctx)
 		if (!text)
 			return 0;	/* no text to report */
 		bpf_map_update_elem(&busy, &pid, &yes, BPF_ANY);
-		submit_text(pid_tgid, text, 0, 0, 0);
+		submit_text(pid_tgid, text, false, 0, 0, 0);
 		return 0;	/* the query runs until the backend goes idle */
 	}
 	if (state != state_idle && state != state_idle_in_transaction
