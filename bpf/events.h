@@ -258,3 +258,85 @@ enum shell_stat_index {
 };
 
 #endif
+
+/* ---- database queries: bpf/mysqld.bpf.c, bpf/postgres.bpf.c ----
+ * A query's text goes out in chunks (same query_id, increasing offset), then
+ * one end record when the server is done with it. */
+#ifndef ECAPTURE_DB_EVENTS_H
+#define ECAPTURE_DB_EVENTS_H
+
+/* Text bytes per chunk record; power of two for masking. */
+#define DB_CHUNK_SIZE 16384
+/* Chunks of one query at most: 64 x 16 KiB = 1 MiB of text; more is cut,
+ * flagged and counted. */
+#define DB_MAX_CHUNKS 64
+#define DB_MESSAGE_SIZE 256	/* the error message kept with an error */
+
+enum db_record_kind {
+	RECORD_DB_QUERY_CHUNK = 32,	/* struct db_query_chunk */
+	RECORD_DB_QUERY_END = 33,	/* struct db_query_end */
+};
+
+/* flags of struct db_query_chunk */
+#define DB_CHUNK_LAST		(1 << 0)	/* no further chunk of this query */
+#define DB_CHUNK_TRUNCATED	(1 << 1)	/* the text went on past DB_MAX_CHUNKS chunks */
+#define DB_CHUNK_READ_FAULT	(1 << 2)	/* the text could not be read from here on */
+
+/* status of struct db_query_end */
+enum db_status {
+	DB_STATUS_OK = 1,
+	DB_STATUS_ERROR = 2,
+	/* postgres: the backend went idle (ReadyForQuery); the error, if any,
+	 * came as an end record of its own just before */
+	DB_STATUS_IDLE = 3,
+	/* postgres: PortalRun began running the query: one per execution, so
+	 * the same text reported again after it is the next execution */
+	DB_STATUS_RUN = 4,
+};
+
+struct db_header {
+	__u32 kind;		/* enum db_record_kind */
+	__u32 pid;		/* tgid */
+	__u32 tid;
+	__u32 uid;
+	__u64 timestamp_ns;	/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	char comm[TASK_COMM_LEN];
+};
+
+struct db_query_chunk {
+	struct db_header header;
+	__u64 query_id;		/* header.timestamp_ns of the query's first chunk */
+	__u64 conn;		/* mysqld: the THD* of the connection; postgres: 0 */
+	__u32 offset;		/* of data[] within the text */
+	__u32 data_len;		/* bytes in data[] */
+	__u32 total_len;	/* the text's length when the server passed it (mysqld), else 0 */
+	__u8 command;		/* mysqld: enum_server_command; postgres: 0 */
+	__u8 flags;		/* DB_CHUNK_* */
+	__u16 _pad0;
+	char data[DB_CHUNK_SIZE];	/* only data_len bytes are submitted */
+};
+
+struct db_query_end {
+	struct db_header header;
+	__u64 conn;		/* as in the chunks */
+	__u32 status;		/* enum db_status */
+	__u32 error_code;	/* mysqld: the error number sent to the client */
+	__u32 stmt_id;		/* mysqld: the id a COM_STMT_PREPARE was given, else 0 */
+	__u8 command;
+	__u8 _pad0;
+	__u16 message_len;	/* bytes in message[] */
+	char sqlstate[8];	/* mysqld: the SQLSTATE sent with an error */
+	char message[DB_MESSAGE_SIZE];
+};
+
+/* Indexes of the per-CPU "stats" array of the database objects. */
+enum db_stat_index {
+	DB_STAT_RECORDS = 0,		/* records submitted */
+	DB_STAT_RING_FULL_RECORDS = 1,	/* records lost: ring reservation failed */
+	DB_STAT_RING_FULL_BYTES = 2,	/* text bytes in those */
+	DB_STAT_TRUNCATED = 3,		/* queries cut at DB_MAX_CHUNKS chunks */
+	DB_STAT_READ_FAULTS = 4,	/* a user-memory read failed */
+	DB_STAT_MAX = 8,
+};
+
+#endif
