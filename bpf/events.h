@@ -123,7 +123,7 @@ enum stat_index {
 
 /* One secret as the library logs it: `label random secret` of the NSS key log. */
 struct keylog_event {
-	struct record_header header;	/* conn_id: the SSL* */
+	struct record_header header;	/* ssl: the SSL*; conn_id 0 (not known here) */
 	__u32 label_len;		/* bytes in label[] before its NUL */
 	__u32 random_len;		/* as the library passed it */
 	__u32 secret_len;		/* as the library passed it */

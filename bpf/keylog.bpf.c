@@ -83,7 +83,9 @@ static __always_inline int submit(__u64 ssl, const char *label, const __u8 *rand
 	event->header.tid = (__u32)pid_tgid;
 	event->header.uid = (__u32)bpf_get_current_uid_gid();
 	event->header.timestamp_ns = bpf_ktime_get_ns();
-	event->header.conn_id = ssl;
+	event->header.conn_id = 0;	/* not known here: the client random names the session */
+	event->header.ssl = ssl;
+	event->header.socket_cookie = 0;
 	bpf_get_current_comm(event->header.comm, sizeof(event->header.comm));
 	event->random_len = random_len;
 	event->secret_len = secret_len;

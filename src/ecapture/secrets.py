@@ -21,10 +21,11 @@ KEYLOG_SECRET_SIZE = 64
 FLAG_SECRET_TOO_LONG = 1 << 0
 FLAG_RANDOM_TOO_LONG = 1 << 1
 FLAG_READ_FAULT = 1 << 2
-# struct record_header (kind, pid, tid, uid, timestamp_ns, conn_id, comm[16]), then
+# struct record_header (kind, pid, tid, uid, timestamp_ns, conn_id, ssl, socket_cookie,
+# comm[16]), then
 # label_len, random_len, secret_len, flags, label[48], random[32], secret[64]
 KEYLOG_EVENT = struct.Struct(
-    f"<4IQQ16s4I{KEYLOG_LABEL_SIZE}s{KEYLOG_RANDOM_SIZE}s{KEYLOG_SECRET_SIZE}s"
+    f"<4IQQQQ16s4I{KEYLOG_LABEL_SIZE}s{KEYLOG_RANDOM_SIZE}s{KEYLOG_SECRET_SIZE}s"
 )
 KEYLOG_STAT_RECORDS = 0  # indexes of the per-CPU keylog_stats array
 KEYLOG_STAT_RING_FULL = 1
@@ -40,7 +41,7 @@ class KeylogSecret(msgspec.Struct, frozen=True):
     tid: int
     comm: str
     timestamp_ns: int
-    conn_id: int  # the SSL*
+    ssl: int  # the SSL* (the probe sees no connection id: the client random names the session)
 
     def line(self) -> str:
         """`LABEL <client random hex> <secret hex>` (NSS key log format)."""
@@ -54,7 +55,7 @@ class KeylogFailure(msgspec.Struct, frozen=True):
     label: str
     pid: int
     comm: str
-    conn_id: int
+    ssl: int
 
 
 def _reason(flags: int, random_len: int, secret_len: int) -> str:
@@ -72,7 +73,7 @@ def decode_keylog(data: bytes) -> KeylogSecret | KeylogFailure:
     if len(data) < KEYLOG_EVENT.size:
         raise DecodeError(f"keylog record of {len(data)} bytes; expected {KEYLOG_EVENT.size}")
     (
-        kind, pid, tid, _uid, timestamp_ns, conn_id, comm_raw,
+        kind, pid, tid, _uid, timestamp_ns, _conn_id, ssl, _cookie, comm_raw,
         label_len, random_len, secret_len, flags, label_raw, random, secret,
     ) = KEYLOG_EVENT.unpack_from(data)
     if kind != RECORD_KEYLOG_SECRET:
@@ -84,7 +85,7 @@ def decode_keylog(data: bytes) -> KeylogSecret | KeylogFailure:
         flags = FLAG_READ_FAULT  # an NSS label is one ASCII word: anything else is a bad read
     if flags:
         return KeylogFailure(
-            _reason(flags, random_len, secret_len), label_text, pid, comm, conn_id
+            _reason(flags, random_len, secret_len), label_text, pid, comm, ssl
         )
     return KeylogSecret(
         label=label_text,
@@ -94,5 +95,5 @@ def decode_keylog(data: bytes) -> KeylogSecret | KeylogFailure:
         tid=tid,
         comm=comm,
         timestamp_ns=timestamp_ns,
-        conn_id=conn_id,
+        ssl=ssl,
     )

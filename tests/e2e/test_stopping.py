@@ -34,7 +34,7 @@ RECORD_SIZE = 256
 FILL_S = 4.0  # the producer makes ~370k records/s here: the ring is full well before
 READY_S = 20.0
 SUMMARY = re.compile(
-    r"summary: (?P<records>\d+) records .*kernel: (?P<submitted>\d+) submitted, "
+    r"summary: (?P<records>\d+) records\b.*kernel: (?P<submitted>\d+) submitted, "
     r"(?P<kernel_lost>\d+) lost[^;]*; lost or cut: (?P<losses>.*)$", re.MULTILINE)
 
 
