@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ecapture.config import GlobalConfig
-from ecapture.elf.discovery import TargetScanner
+from ecapture.elf.discovery import SslTarget, TargetScanner
 from ecapture.elf.ldcache import find_library
 from ecapture.elf.symbols import Executable
 from ecapture.errors import ConfigError, EcaptureError, LibraryNotFound
@@ -82,6 +82,8 @@ class LibraryTlsModule(Module):
     def __init__(self, config: GlobalConfig) -> None:
         super().__init__(config)
         self.hooked: list[HookedFile] = []
+        # flag -> the mapped files found for it, with the processes that map them
+        self.targets: dict[str, list[SslTarget]] = {}
 
     # ----- what each module says --------------------------------------------------------
 
@@ -141,6 +143,7 @@ class LibraryTlsModule(Module):
             return [path]
         pid = self.config.pid or None
         targets = TargetScanner(function=spec.marker).scan(pid)
+        self.targets[spec.flag] = targets
         if pid is not None and not targets and not Path(f"/proc/{pid}").exists():
             raise ConfigError(f"-p {pid}: no such process")
         paths: list[Path] = []

@@ -10,8 +10,10 @@ a program's file and plain-socket I/O never. NSS's own SSL code reaches the
 layer below through lower->methods, not through PR_* (libssl3.so imports no
 PR_Read/PR_Write/PR_Send/PR_Recv), so no nested call is seen either.
 
-A process's SSL layer id is learnt at its first SSL_ImportFD after the
-capture starts: connections imported before then are not captured.
+A process's SSL layer id is learnt from its SSL_ImportFD calls, and for
+processes already running at start (a server that imported its listening
+socket long ago: accepted sockets inherit the layer without SSL_ImportFD)
+read from their memory at the address src/ecapture/elf/nss_layer.py proves.
 PR_Close ends the connection as SSL_free does (close cause "ssl_free").
 
 Text mode only: NSS keeps its secrets in PKCS#11 handles and Debian builds it
@@ -21,13 +23,20 @@ without SSLKEYLOGFILE support, so there are no keys to write.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ecapture.config import CaptureModel, GlobalConfig
-from ecapture.errors import ConfigError
+from ecapture.elf.nss_layer import find_ssl_layer_id
+from ecapture.errors import ConfigError, EcaptureError
 from ecapture.modules.libtls import Hook, LibrarySpec, LibraryTlsModule, check_call_limit
 from ecapture.modules.registry import register
+
+log = logging.getLogger(__name__)
+IDENTITY_MAP = "nss_ssl_identity"  # tls.bpf.c: tgid -> the SSL layer's identity
 
 NSPR = LibrarySpec(
     flag="--nspr",
@@ -122,3 +131,55 @@ class NssModule(LibraryTlsModule):
 
     def call_limit(self) -> int:
         return self.nss_config.kernel_call_limit
+
+    def after_attach(self) -> None:
+        """Tell the kernel side the SSL layer id of each process already running."""
+        loaded = self._loaded
+        if loaded is None:
+            return
+        identities = loaded.map(IDENTITY_MAP)
+        known = 0
+        for target in self.targets.get(NSS_SSL.flag, []):
+            try:
+                vaddr = find_ssl_layer_id(target.path)
+            except (EcaptureError, OSError) as error:
+                log.warning("%s: ssl_layer_id not found (%s): processes already running "
+                            "(%s) are captured from their next SSL_ImportFD only", target.path,
+                            error, ", ".join(map(str, target.pids)))
+                continue
+            inode = os.stat(target.path).st_ino
+            for pid in target.pids:
+                identity = read_identity(pid, inode, vaddr)
+                if identity is None:
+                    log.debug("pid %d: no SSL layer id yet", pid)
+                    continue
+                identities.update(struct.pack("<I", pid), struct.pack("<i", identity))
+                known += 1
+        log.info("NSS SSL layer id read from %d running processes", known,
+                 extra={"capture_module": self.name, "count": known})
+
+
+def read_identity(pid: int, inode: int, vaddr: int) -> int | None:
+    """ssl_layer_id in process `pid` (its libssl3 is the file `inode`, loaded at the
+    start of its offset-0 mapping: a shared object's first PT_LOAD is at 0), or None
+    when unreadable or not yet assigned (0: NSS has not set up its layer)."""
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            lines = maps.read().splitlines()
+        base = None
+        for line in lines:
+            fields = line.split(maxsplit=5)
+            if len(fields) >= 6 and int(fields[4]) == inode and int(fields[2], 16) == 0:
+                base = int(fields[0].split("-")[0], 16)
+                break
+        if base is None:
+            return None
+        with open(f"/proc/{pid}/mem", "rb") as mem:
+            mem.seek(base + vaddr)
+            raw = mem.read(4)
+    except (OSError, ValueError):
+        return None  # gone, or not ours to read
+    if len(raw) != 4:
+        return None
+    identity: int = struct.unpack("<i", raw)[0]
+    return identity if identity > 0 else None
