@@ -223,3 +223,57 @@ def test_tstclnt_against_selfserv(
 def test_nss_refuses_other_modes(ecapture: Ecapture, model: str) -> None:
     line = run_tool(ecapture, "nss", "-m", model).error_line()
     assert "PKCS#11" in line and "-m text" in line
+
+
+def keylog_lines(path: Path) -> set[str]:
+    return {line for line in path.read_text().splitlines() if line and not line.startswith("#")}
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_gnutls_keys_equal_the_clients_own_and_decrypt_a_capture(
+    ecapture: Ecapture, nginx: Server, tmp_path: Path, version: str
+) -> None:
+    """gnutls-cli's own SSLKEYLOGFILE is the truth: every line of it is ours, we write
+    nothing else for its sessions, and our file alone decrypts dumpcap's capture."""
+    require_programs("gnutls-cli", "tshark")
+    from .test_keylog_hook import dumpcap  # Wireshark's capture, complete at the end
+
+    tag = marker()
+    theirs, ours = tmp_path / "client.keylog", tmp_path / "ours.keylog"
+    packets = tmp_path / "dumpcap.pcapng"
+    priority = "NORMAL" if version == "1.3" else "NORMAL:-VERS-TLS1.3"
+    with capture(ecapture, tmp_path / "capture", "-m", "keylog", "-k", str(ours),
+                 module="gnutls") as running, dumpcap(nginx.port, packets):
+        done = run_client(
+            ["gnutls-cli", "--insecure", "--priority", priority, "-p", str(nginx.port),
+             "127.0.0.1"],
+            stdin=http_request(f"/echo/{tag}", tag), prefix=("env", f"SSLKEYLOGFILE={theirs}"),
+        ).check()
+    result = running.finished()
+    assert result.exit_code == 0 and "Traceback" not in result.stderr, result.stderr
+    assert f"echo:/echo/{tag}".encode() in done.stdout
+    assert os.stat(ours).st_mode & 0o777 == 0o600
+    wanted, written = keylog_lines(theirs), keylog_lines(ours)
+    labels = {line.split()[0] for line in wanted}
+    assert labels == ({"CLIENT_RANDOM"} if version == "1.2" else {
+        "CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+        "CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0", "EXPORTER_SECRET"})
+    assert wanted <= written
+    randoms = {line.split()[1] for line in wanted}
+    assert {line for line in written if line.split()[1] in randoms} == wanted
+    decrypted = subprocess.run(
+        ["tshark", "-r", str(packets), "-o", f"tls.keylog_file:{ours}", "-Y", "http.request",
+         "-T", "fields", "-e", "http.request.line"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert f"X-Marker: {tag}\\r\\n" in decrypted.stdout, decrypted.stdout
+    plain = subprocess.run(
+        ["tshark", "-r", str(packets), "-Y", "http.request", "-T", "fields",
+         "-e", "http.request.line"], capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert tag not in plain.stdout  # the capture alone does not decrypt
+
+
+def test_gnutls_keylog_needs_a_file(ecapture: Ecapture) -> None:
+    line = run_tool(ecapture, "gnutls", "-m", "keylog").error_line()
+    assert "-k/--keylogfile" in line

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from ecapture.config import CaptureModel
+from ecapture.elf.gnutls_keylog import find_gnutls_keylog
 from ecapture.elf.ldcache import find_library
 from ecapture.elf.nss_layer import find_ssl_layer_id
 from ecapture.errors import ConfigError, EcaptureError, SymbolNotFound
-from ecapture.modules.gnutls import GNUTLS, GnutlsConfig, GnutlsModule
+from ecapture.modules.gnutls import GNUTLS, GnutlsConfig, GnutlsKeylogModule, GnutlsModule
 from ecapture.modules.libtls import LibraryTlsModule
 from ecapture.modules.nss import NSPR, NSS_SSL, NssConfig, read_identity
 from ecapture.modules.registry import module_class
@@ -41,9 +42,39 @@ def test_nss_is_text_only_and_says_why(model: CaptureModel) -> None:
         NssConfig(model=model)
 
 
-def test_gnutls_other_modes_not_yet() -> None:
-    with pytest.raises(ConfigError, match="not available"):
+def test_gnutls_modes() -> None:
+    with pytest.raises(ConfigError, match="pcap is not available"):
+        GnutlsConfig(model=CaptureModel.PCAP)
+    with pytest.raises(ConfigError, match="needs -k/--keylogfile"):
         GnutlsConfig(model=CaptureModel.KEYLOG)
+    keylog = GnutlsConfig(model=CaptureModel.KEYLOG, keylog_file="/tmp/k")
+    assert type(GnutlsModule(keylog)) is GnutlsKeylogModule
+    assert type(GnutlsModule(GnutlsConfig())) is GnutlsModule
+
+
+def test_gnutls_keylog_hook_matches_objdump() -> None:
+    """The call after CLIENT_RANDOM's load, and the client random's offset in
+    gnutls_session_get_random, as objdump reads them."""
+    if shutil.which("objdump") is None:
+        pytest.skip("needs objdump (binutils)")
+    path = system("libgnutls.so.30")
+    hook = find_gnutls_keylog(path)
+    strings = subprocess.run(["strings", "-t", "x", str(path)], check=True,
+                             capture_output=True, text=True, timeout=60).stdout
+    label = next(int(line.split()[0], 16) for line in strings.splitlines()
+                 if line.split()[1:] == ["CLIENT_RANDOM"])
+    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(path)], check=True,
+                         capture_output=True, text=True, timeout=120).stdout.splitlines()
+    calls = set()
+    for index, line in enumerate(out):
+        if re.search(rf"lea\s+0x[0-9a-f]+\(%rip\),%rsi\s+# {label:x} ", line):
+            following = next(later for later in out[index:index + 12] if "\tcall " in later)
+            calls.add(int(following.split("call")[1].split()[0], 16))
+        if "<gnutls_session_get_random@@" in line and line.endswith(">:"):
+            lea = next(later for later in out[index:index + 6] if "lea " in later)
+            random_offset = int(re.search(r"lea\s+(0x[0-9a-f]+)\(%rdi\)", lea).group(1), 16)
+    assert calls == {hook.vaddr}
+    assert hook.random_offset == random_offset
 
 
 @pytest.mark.parametrize("limit", [0, (1 << 30) + 1])
