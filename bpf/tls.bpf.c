@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * TLS plaintext capture for OpenSSL and BoringSSL (ecapture tls -m text).
+ * TLS plaintext capture for OpenSSL and BoringSSL (ecapture tls -m text),
+ * GnuTLS (ecapture gnutls: its record calls have SSL_read/SSL_write's
+ * shape, the session playing the SSL*) and NSS (ecapture nss: NSPR's PR_*
+ * calls on the SSL layer only, see nspr_enter).
  *
  * Entry probes remember, per thread, the SSL* and buffer of a read or write
  * call; the return probe copies what the call really moved (only for a
@@ -511,8 +514,8 @@ int BPF_KPROBE(ssl_clear_enter)
  * layer, i.e. its identity is the process's ssl_layer_id. That id is not
  * exported; SSL_ImportFD returns the SSL layer (NSS sslsock.c pushes it on
  * top of the stack, and PR_PushIOLayer swaps the top's contents in place),
- * so its return tells each process's id. Processes that import no socket
- * while we run are not captured. */
+ * so its return tells each process's id; user space writes the id of
+ * processes already running (src/ecapture/modules/nss.py after_attach). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
