@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * TLS plaintext capture for OpenSSL and BoringSSL (ecapture tls -m text).
+ * TLS plaintext capture for OpenSSL and BoringSSL (ecapture tls -m text),
+ * GnuTLS (ecapture gnutls: its record calls have SSL_read/SSL_write's
+ * shape, the session playing the SSL*) and NSS (ecapture nss: NSPR's PR_*
+ * calls on the SSL layer only, see nspr_enter).
  *
  * Entry probes remember, per thread, the SSL* and buffer of a read or write
  * call; the return probe copies what the call really moved (only for a
@@ -39,6 +42,9 @@ const struct conn_close_event *unused_conn_close_event __attribute__((unused));
  * data, but its nested syscalls name the fd before the first read, whose
  * record OpenSSL may already have buffered during the handshake. */
 #define CALL_HANDSHAKE 2
+/* call_state.ex of a gather write (NSPR's PR_Writev): buf is the iovec
+ * array, out_ptr its length. */
+#define CALL_IOV 2
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -205,7 +211,10 @@ static __always_inline int enter(struct pt_regs *ctx, __u8 direction, __u8 ex)
 		return 0;	/* no memory for this thread's slot: nothing to report */
 	state->ssl = PT_REGS_PARM1(ctx);
 	state->buf = PT_REGS_PARM2(ctx);
-	state->out_ptr = ex ? PT_REGS_PARM4(ctx) : 0;
+	if (ex == CALL_IOV)
+		state->out_ptr = (__u32)PT_REGS_PARM3(ctx);	/* the iovec count */
+	else
+		state->out_ptr = ex ? PT_REGS_PARM4(ctx) : 0;
 	state->fd = -1;
 	state->direction = direction;
 	state->ex = ex;
@@ -499,9 +508,93 @@ int BPF_KPROBE(ssl_clear_enter)
 	return end_ssl(ctx, CLOSE_SSL_CLEAR);
 }
 
+/* NSS/NSPR (ecapture nss). PR_Read/PR_Write/PR_Send/PR_Recv/PR_Writev
+ * dispatch on any PRFileDesc: files, plain sockets, and each layer of an
+ * I/O stack. A call is TLS plaintext only when its PRFileDesc is NSS's SSL
+ * layer, i.e. its identity is the process's ssl_layer_id. That id is not
+ * exported; SSL_ImportFD returns the SSL layer (NSS sslsock.c pushes it on
+ * top of the stack, and PR_PushIOLayer swaps the top's contents in place),
+ * so its return tells each process's id; user space writes the id of
+ * processes already running (src/ecapture/modules/nss.py after_attach). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);	/* tgid */
+	__type(value, __s32);	/* the SSL layer's PRDescIdentity */
+} nss_ssl_identity SEC(".maps");
+
+/* struct PRFileDesc (NSPR prio.h): methods, secret, lower, higher, dtor,
+ * then PRDescIdentity identity (an int). NSPR's ABI, stable since 4.0. */
+#define PRFILEDESC_IDENTITY_OFFSET 40
+
+static __always_inline bool nss_ssl_layer(__u64 pid_tgid, __u64 fd)
+{
+	__u32 pid = pid_tgid >> 32;
+	__s32 *ssl_id = bpf_map_lookup_elem(&nss_ssl_identity, &pid);
+	__s32 identity;
+
+	if (!ssl_id || !fd)
+		return false;
+	if (bpf_probe_read_user(&identity, sizeof(identity),
+				(void *)(fd + PRFILEDESC_IDENTITY_OFFSET)))
+		return false;
+	return identity == *ssl_id;
+}
+
+/* SSL_ImportFD(model, fd) -> PRFileDesc *: the new SSL layer. */
+SEC("uretprobe")
+int BPF_KRETPROBE(nss_import_return, __u64 fd)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 pid = pid_tgid >> 32;
+	__s32 identity;
+
+	/* Filtered out, or the import failed (NULL). */
+	if (!wanted(pid_tgid) || !fd)
+		return 0;
+	/* Unreadable: the id stays unknown until the next import. */
+	if (bpf_probe_read_user(&identity, sizeof(identity),
+				(void *)(fd + PRFILEDESC_IDENTITY_OFFSET)))
+		return 0;
+	bpf_map_update_elem(&nss_ssl_identity, &pid, &identity, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int nspr_enter(struct pt_regs *ctx, __u8 direction, __u8 ex)
+{
+	/* Not the SSL layer (a file, a plain socket, another layer): the
+	 * calls slot is left alone, so the thread's SSL call stays intact. */
+	if (!nss_ssl_layer(bpf_get_current_pid_tgid(), PT_REGS_PARM1(ctx)))
+		return 0;
+	return enter(ctx, direction, ex);
+}
+
+/* PR_Write(fd, buf, amount) / PR_Send(fd, buf, amount, flags, timeout) -> PRInt32 */
+SEC("uprobe")
+int BPF_KPROBE(nspr_send_enter)
+{
+	return nspr_enter(ctx, DIRECTION_SEND, 0);
+}
+
+/* PR_Read(fd, buf, amount) / PR_Recv(fd, buf, amount, flags, timeout) -> PRInt32 */
+SEC("uprobe")
+int BPF_KPROBE(nspr_recv_enter)
+{
+	return nspr_enter(ctx, DIRECTION_RECV, 0);
+}
+
+/* PR_Writev(fd, const PRIOVec *iov, PRInt32 iov_size, timeout) -> PRInt32 */
+SEC("uprobe")
+int BPF_KPROBE(nspr_writev_enter)
+{
+	return nspr_enter(ctx, DIRECTION_SEND, CALL_IOV);
+}
+
 struct emit_context {
 	__u64 buf;
-	__u64 copy_len;
+	__u64 copy_len;		/* bytes of this segment (the whole call but for gather writes) */
+	__u64 call_offset;	/* where the segment starts in the call */
+	__u8 final;		/* the call's last segment: its last chunk ends the call */
 	struct conn_key key;
 };
 
@@ -524,9 +617,9 @@ static long emit_chunk(__u32 index, struct emit_context *emit)
 	barrier_var(size);
 	if (size > MAX_CHUNK_SIZE)	/* for the verifier: size is bounded */
 		return 1;
-	event->offset = offset;
+	event->offset = emit->call_offset + offset;
 	event->data_len = size;
-	if (offset + size >= emit->copy_len)
+	if (emit->final && offset + size >= emit->copy_len)
 		event->flags |= DATA_FLAG_LAST_CHUNK;
 	record = sizeof(*event) - MAX_CHUNK_SIZE + size;
 	if (bpf_probe_read_user(event->data, size, (void *)(emit->buf + offset))) {
@@ -562,6 +655,52 @@ static long emit_chunk(__u32 index, struct emit_context *emit)
 	return 0;
 }
 
+/* PRIOVec (NSPR prio.h): { char *iov_base; int iov_len; }, at most
+ * PR_MAX_IOVECTOR_SIZE (16) of them per PR_Writev. */
+struct pr_iovec {
+	__u64 base;
+	__s32 len;
+	__s32 _pad;
+};
+#define MAX_IOV 16
+
+/* A gather write: the first emit->copy_len bytes of the iovecs, in order,
+ * each vector a segment of the one call (offsets continue across them). */
+static __always_inline void emit_iov(struct emit_context *emit, __u64 iov, __u64 count)
+{
+	__u64 total = emit->copy_len;
+	__u64 done = 0;
+	struct pr_iovec vec;
+	__u64 seg;
+
+	for (__u32 i = 0; i < MAX_IOV; i++) {
+		if (i >= count || done >= total)
+			break;
+		if (bpf_probe_read_user(&vec, sizeof(vec), (void *)(iov + i * sizeof(vec)))) {
+			/* The vector is gone: the rest of the call is unknown; its
+			 * chunks read from address 0 and fault, each an empty
+			 * fault record, so the bytes are counted, not dropped. */
+			vec.base = 0;
+			vec.len = total - done;
+			count = i + 1;
+		}
+		seg = vec.len > 0 ? (__u64)vec.len : 0;
+		if (seg > total - done)
+			seg = total - done;
+		if (!seg)
+			continue;
+		emit->buf = vec.base;
+		emit->copy_len = seg;
+		emit->call_offset = done;
+		emit->final = done + seg >= total;
+		if (seg <= MAX_CHUNK_SIZE)
+			emit_chunk(0, emit);
+		else
+			bpf_loop((seg + MAX_CHUNK_SIZE - 1) / MAX_CHUNK_SIZE, emit_chunk, emit, 0);
+		done += seg;
+	}
+}
+
 SEC("uretprobe")
 int BPF_KRETPROBE(call_return, int ret)
 {
@@ -587,7 +726,7 @@ int BPF_KRETPROBE(call_return, int ret)
 	 * ends): nothing moved, so nothing is reported. */
 	if (ret <= 0)
 		return 0;
-	if (call.ex) {
+	if (call.ex == 1) {
 		if (bpf_probe_read_user(&len, sizeof(len), (void *)call.out_ptr)) {
 			/* How much moved is unknown: an empty fault record says so. */
 			stat_add(STAT_READ_FAULTS, 1);
@@ -647,11 +786,16 @@ int BPF_KRETPROBE(call_return, int ret)
 	}
 	emit.buf = call.buf;
 	emit.copy_len = len;
+	emit.final = 1;
 	if (len > call_limit) {
 		emit.copy_len = call_limit;
 		event->flags |= DATA_FLAG_TRUNCATED;
 		stat_add(STAT_TRUNCATED_CALLS, 1);
 		stat_add(STAT_TRUNCATED_BYTES, len - call_limit);
+	}
+	if (call.ex == CALL_IOV) {
+		emit_iov(&emit, call.buf, call.out_ptr);
+		return 0;
 	}
 	if (emit.copy_len <= MAX_CHUNK_SIZE)
 		emit_chunk(0, &emit);	/* the common case: no bpf_loop call */

@@ -90,8 +90,9 @@ class TargetScanner:
     Keep one scanner for repeated scans so files already judged are not read again.
     """
 
-    def __init__(self, proc: Path = PROC) -> None:
+    def __init__(self, proc: Path = PROC, *, function: str = TARGET_FUNCTION) -> None:
         self.proc = proc
+        self.function = function  # what a file must export to be a target
         self._files: dict[tuple[str, int], _Classified] = {}
         self.files_parsed = 0
 
@@ -101,7 +102,7 @@ class TargetScanner:
             self.files_parsed += 1
             try:
                 exe = Executable(readable)
-                is_target = exe.exports_function(TARGET_FUNCTION)
+                is_target = exe.exports_function(self.function)
                 known = _Classified(is_target, ssl_flavor(exe) if is_target else "unknown")
             except (LibraryNotFound, OSError):
                 # unreadable or not ELF: judged once, not retried for every process

@@ -1,0 +1,239 @@
+"""`ecapture gnutls`: plaintext of GnuTLS's record calls (gnutls-cli, wget...).
+
+gnutls_record_send(session, data, size) and gnutls_record_recv(session, data,
+size) return the bytes moved as a ssize_t: the plain entry programs of
+bpf/tls.bpf.c fit them, the session pointer playing OpenSSL's SSL*. Their
+siblings with the same first three arguments (gnutls_record_send2,
+gnutls_record_recv_seq) are probed too: when one calls another, the inner
+return reports the call and the outer one finds its slot used (one report).
+gnutls_handshake names the socket before the first read; gnutls_deinit ends
+the session's connection as SSL_free does (close cause "ssl_free").
+
+`-m keylog -k FILE` writes the session secrets instead (TLS 1.2 and 1.3), from
+one uprobe on the internal _gnutls_nss_keylog_write that
+src/ecapture/elf/gnutls_keylog.py proves, with bpf/keylog.bpf.c's
+on_ssl_log_secret (same arguments: session, label, secret, size; the client
+random at session + the proven offset, passed as the attach cookie).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ecapture.config import CaptureModel, GlobalConfig
+from ecapture.elf.gnutls_keylog import GnutlsKeylogHook, find_gnutls_keylog
+from ecapture.errors import ConfigError, EcaptureError, LibraryNotFound
+from ecapture.events import Clock, LossReason, Lost
+from ecapture.modules.base import ProbeSpec
+from ecapture.modules.libtls import Hook, LibrarySpec, LibraryTlsModule, check_call_limit
+from ecapture.modules.parts import BpfObject, Decoder, Reader, StatsLayout
+from ecapture.modules.registry import register
+from ecapture.output.keylog import KeylogWriter
+from ecapture.processor.interface import RecordProcessor
+from ecapture.processor.tracker import ConnectionTracker
+from ecapture.secrets import (
+    KEYLOG_STAT_RECORDS,
+    KEYLOG_STAT_RING_FULL,
+    RECORD_KEYLOG_SECRET,
+    KeylogFailure,
+    KeylogSecret,
+    decode_keylog,
+)
+
+log = logging.getLogger(__name__)
+KEYLOG_PROGRAM = "on_ssl_log_secret"  # keylog.bpf.c: (session, label, secret, size)
+
+GNUTLS = LibrarySpec(
+    flag="--gnutls",
+    soname="libgnutls.so.30",
+    marker="gnutls_record_send",
+    what="GnuTLS library",
+    hooks=(
+        Hook("gnutls_record_send", "send_plain_enter", returns=True),
+        Hook("gnutls_record_send2", "send_plain_enter", returns=True, required=False),
+        Hook("gnutls_record_recv", "recv_plain_enter", returns=True),
+        Hook("gnutls_record_recv_seq", "recv_plain_enter", returns=True, required=False),
+        Hook("gnutls_handshake", "handshake_enter", returns=True, required=False),
+        Hook("gnutls_deinit", "ssl_free_enter", required=False),
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GnutlsConfig(GlobalConfig):
+    """Configuration of `ecapture gnutls`."""
+
+    gnutls: str | None = None  # None = discover
+    model: CaptureModel = CaptureModel.TEXT
+    keylog_file: str | None = None
+    kernel_call_limit: int = 4 << 20
+
+    def __post_init__(self) -> None:
+        GlobalConfig.__post_init__(self)
+        if self.model is CaptureModel.PCAP:
+            raise ConfigError(
+                "gnutls: -m pcap is not available in this version; use -m text or -m keylog"
+            )
+        if self.model is CaptureModel.KEYLOG and not self.keylog_file:
+            raise ConfigError("gnutls: -m keylog needs -k/--keylogfile FILE")
+        check_call_limit(self.kernel_call_limit)
+
+
+@register("gnutls")
+class GnutlsModule(LibraryTlsModule):
+    """Capture TLS plaintext of programs that use GnuTLS."""
+
+    config_type: ClassVar[type[GlobalConfig]] = GnutlsConfig
+    libraries: ClassVar[tuple[LibrarySpec, ...]] = (GNUTLS,)
+    summary: ClassVar[str] = "capture TLS plaintext of GnuTLS programs (gnutls-cli, wget)"
+
+    def __new__(cls, config: GlobalConfig) -> GnutlsModule:
+        # -m keylog loads another object with other counters: its own class.
+        if cls is GnutlsModule and isinstance(config, GnutlsConfig) and \
+                config.model is CaptureModel.KEYLOG:
+            return super().__new__(GnutlsKeylogModule)
+        return super().__new__(cls)
+
+    def __init__(self, config: GlobalConfig) -> None:
+        if not isinstance(config, GnutlsConfig):
+            raise ConfigError(f"gnutls needs a GnutlsConfig, got {type(config).__name__}")
+        super().__init__(config)
+        self.gnutls_config = config
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--gnutls", metavar="PATH",
+            help="hook this libgnutls.so only; default: the system libgnutls.so.30 plus "
+            "every GnuTLS library mapped by running processes",
+        )
+        parser.add_argument(
+            "-m", "--model", default="text", choices=[m.value for m in CaptureModel],
+            help="capture model: text = plaintext of GnuTLS record calls (default); "
+            "keylog = the TLS 1.2/1.3 secrets, to -k FILE",
+        )
+        parser.add_argument("-k", "--keylogfile", metavar="FILE",
+                            help="key log file of -m keylog (NSS format, appended, created 0600)")
+        parser.add_argument(
+            "--kernel-call-limit", type=int, default=4 << 20, metavar="BYTES",
+            help="bytes copied per call in the kernel (default 4 MiB); more is cut, "
+            "flagged 'truncated' and counted",
+        )
+
+    @classmethod
+    def config_from_args(cls, args: argparse.Namespace, common: dict[str, Any]) -> GlobalConfig:
+        return GnutlsConfig(
+            **common, gnutls=args.gnutls, model=CaptureModel(args.model),
+            keylog_file=args.keylogfile, kernel_call_limit=args.kernel_call_limit,
+        )
+
+    def library_path(self, spec: LibrarySpec) -> str | None:
+        return self.gnutls_config.gnutls
+
+    def call_limit(self) -> int:
+        return self.gnutls_config.kernel_call_limit
+
+
+class KeylogProcessor:
+    """Key-log records → lines of the key log; a secret not copied whole is a `lost` item."""
+
+    def __init__(self, writer: KeylogWriter) -> None:
+        self.writer = writer
+        self.failures = 0
+
+    def feed(self, record: object) -> Sequence[object]:
+        if isinstance(record, KeylogSecret):
+            self.writer.write(record)
+            return ()
+        if isinstance(record, KeylogFailure):
+            self.failures += 1
+            log.warning("pid %d (%s): %s secret not written: %s", record.pid, record.comm,
+                        record.label or "a", record.reason)
+            reason = (LossReason.READ_FAULT if "faulted" in record.reason
+                      else LossReason.KERNEL_LIMIT)
+            return (Lost(time.time_ns(), reason, 1, 0, pid=record.pid, comm=record.comm),)
+        return ()
+
+    def expire(self, now_ns: int) -> Sequence[object]:
+        return ()
+
+    def flush(self) -> Sequence[object]:
+        return ()
+
+
+class GnutlsKeylogModule(GnutlsModule):
+    """`ecapture gnutls -m keylog`: the secrets of every GnuTLS session, in the NSS format."""
+
+    object_file: ClassVar[str] = "keylog.bpf.o"
+    ring_map: ClassVar[str] = "keys"
+    stats_map: ClassVar[str | None] = "keylog_stats"
+    stats_layout: ClassVar[StatsLayout | None] = StatsLayout(
+        "keylog_stats", {KEYLOG_STAT_RECORDS: "secrets", KEYLOG_STAT_RING_FULL: "lost"},
+        records=KEYLOG_STAT_RECORDS, ring_full_records=KEYLOG_STAT_RING_FULL,
+    )
+    spare_ring_map: ClassVar[str | None] = None
+
+    def __init__(self, config: GlobalConfig) -> None:
+        super().__init__(config)
+        self.key_hooks: list[tuple[Path, GnutlsKeylogHook]] = []
+        self.writer: KeylogWriter | None = None
+
+    def prepare(self) -> None:
+        super().prepare()
+        for hooked in self.hooked:
+            try:
+                hook = find_gnutls_keylog(hooked.path)
+            except (EcaptureError, OSError) as error:
+                if self.gnutls_config.gnutls is not None:
+                    raise LibraryNotFound(
+                        f"--gnutls {hooked.path}: its key-log function is not found ({error})"
+                    ) from None
+                log.warning("no keys from %s: %s", hooked.path, error)
+                continue
+            self.key_hooks.append((hooked.path, hook))
+            log.info("%s: secrets from _gnutls_nss_keylog_write at %#x (%d CLIENT_RANDOM "
+                     "sites), client random at session + %#x", hooked.path, hook.vaddr,
+                     hook.sites, hook.random_offset, extra={"capture_module": self.name})
+        if not self.key_hooks:
+            raise LibraryNotFound("no GnuTLS library whose key-log function is proven")
+        path = self.gnutls_config.keylog_file
+        assert path is not None  # GnutlsConfig refuses -m keylog without -k
+        self.writer = KeylogWriter(path)
+        self._stack.callback(self.writer.close)
+
+    def probes(self) -> Sequence[ProbeSpec]:
+        return [ProbeSpec(KEYLOG_PROGRAM, path, hook.file_offset, cookie=hook.random_offset,
+                          label=f"{path.name}:_gnutls_nss_keylog_write@{hook.vaddr:#x}")
+                for path, hook in self.key_hooks]
+
+    def bpf_objects(self) -> Sequence[BpfObject]:
+        return (BpfObject(self.object_file, (Reader(self.ring_map, sized_by_mapsize=False),),
+                          programs=frozenset({KEYLOG_PROGRAM})),)
+
+    def auto_attached_programs(self) -> Sequence[str]:
+        return ()
+
+    def decoders(self) -> Mapping[int, Decoder] | None:
+        def decode(raw: bytes, clock: Clock) -> object:
+            return decode_keylog(raw)
+        return {RECORD_KEYLOG_SECRET: decode}
+
+    def make_processor(self) -> RecordProcessor | None:
+        assert self.writer is not None  # prepare() ran first (Module.init)
+        return KeylogProcessor(self.writer)
+
+    def make_tracker(self) -> ConnectionTracker | None:
+        return None
+
+    def summary_counts(self) -> str:
+        writer = self.writer
+        if writer is None:
+            return ""
+        return (f"{writer.written} secrets written to {writer.path} "
+                f"({writer.duplicates} seen again)")
