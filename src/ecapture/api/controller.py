@@ -117,8 +117,11 @@ def keep_capture_fields(
 class Controller:
     """One capture: its output, its signals, its API, and its module of the moment."""
 
-    def __init__(self, cls: ModuleClass, config: GlobalConfig) -> None:
+    def __init__(self, cls: ModuleClass, config: GlobalConfig, *, signals: bool = True) -> None:
+        """`signals`: handle SIGINT/SIGTERM (only the main thread can; tests run
+        a controller in another thread and stop it with `signal_stop`)."""
         self._first = (cls, config)
+        self._signals = signals
         self.module: Module | None = None
         self.module_name = cls.name
         self.config = config
@@ -349,12 +352,12 @@ class Controller:
         # Explicit: a process started in the background by a shell inherits
         # SIGINT ignored, and Python then installs no handler of its own.
         assert self._loop is not None
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM) if self._signals else ():
             self._loop.add_signal_handler(signum, self.signal_stop, signum)
 
     def _remove_signals(self) -> None:
         assert self._loop is not None
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM) if self._signals else ():
             self._loop.remove_signal_handler(signum)
 
     def signal_stop(self, signum: int) -> None:
