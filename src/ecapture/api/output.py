@@ -9,7 +9,6 @@ writers are closed once, at the very end: one HAR document, one stream.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -21,8 +20,6 @@ import msgspec
 from ecapture.config import GlobalConfig
 from ecapture.output import JsonLinesWriter, Sink, Writer, make_writers, open_sink
 from ecapture.output.base import CutCount
-
-log = logging.getLogger(__name__)
 
 # Events a WebSocket client may be behind by before it misses some.
 SUBSCRIBER_QUEUE_EVENTS = 2048
