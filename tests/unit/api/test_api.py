@@ -210,3 +210,20 @@ def test_listening_beyond_loopback_without_a_token_is_refused_at_start(
     assert main(["tls", "--listen", "0.0.0.0:8080"]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("ecapture: error: --listen 0.0.0.0:8080")
+
+
+def test_a_gone_client_is_forgotten_and_the_capture_goes_on(api: RunningApi) -> None:
+    async def connect_and_leave() -> None:
+        async with aiohttp.ClientSession() as session:
+            socket = await session.ws_connect(api.url.replace("http", "ws") + "/events")
+            await asyncio.sleep(0.2)  # events are queued for it meanwhile
+            await socket.close()
+
+    wait_produced(1)
+    asyncio.run(connect_and_leave())
+    deadline = time.monotonic() + TIMEOUT
+    while api.controller.status()["event_clients"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert api.controller.status()["event_clients"] == 0
+    module = FakeModule.instances[-1]
+    wait_produced(module.produced + 20)
