@@ -16,7 +16,8 @@ APT_PACKAGES := clang llvm libbpf-dev bpftool make curl openssl ca-certificates 
 	android-libboringssl android-boringssl procps gcc binutils util-linux libssl-dev libnghttp2-14 jq \
 	zsh sqlite3 postgresql-client-15 tshark libpcap0.8 \
 	mariadb-server mariadb-client postgresql \
-	gnutls-bin wget libnss3-tools
+	gnutls-bin wget libnss3-tools \
+	chromium chromium-driver
 STAMP_APT := $(BUILD)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 STAMP_VENV := $(VENV)/.installed
 

@@ -8,15 +8,15 @@ the module registry: a new module brings its own flags.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from types import FrameType
 from typing import Any, NoReturn
 
 from ecapture import __version__
+from ecapture.api.listen import check_listen
 from ecapture.config import (
     DEFAULT_DRAIN_TIMEOUT_S,
     DEFAULT_MAPSIZE_KIB,
@@ -29,8 +29,6 @@ from ecapture.files import EXISTING_FILE_RULES
 from ecapture.logs import setup_logging
 from ecapture.modules.base import Module
 from ecapture.modules.registry import ALIASES, load_all, module_class
-from ecapture.output import make_writers
-from ecapture.output.sinks import open_sink
 
 log = logging.getLogger("ecapture")
 
@@ -67,8 +65,9 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "pid": 0, "uid": None, "hex": False, "tsize": 0, "mapsize": DEFAULT_MAPSIZE_KIB,
     "btf": 0, "btf_file": None, "debug": False, "logaddr": None, "eventaddr": None,
     "format": "text", "har": None, "color": "auto", "nice": 10,
-    "drain_timeout": DEFAULT_DRAIN_TIMEOUT_S,
+    "drain_timeout": DEFAULT_DRAIN_TIMEOUT_S, "listen": None, "api_token": None,
 }
+API_TOKEN_VARIABLE = "ECAPTURE_API_TOKEN"
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -117,6 +116,12 @@ def _add_global_flags(parser: argparse.ArgumentParser) -> None:
     add("--drain-timeout", type=float, default=suppress, metavar="SECONDS",
         help="at stop, write out what the ring still holds for at most this long; "
         f"the rest is counted as lost (default {DEFAULT_DRAIN_TIMEOUT_S:g})")
+    add("--listen", default=suppress, metavar="HOST:PORT",
+        help="serve the HTTP API (status, reload, events, live page) here; a port alone "
+        "means 127.0.0.1 (default: off)")
+    add("--api-token", default=suppress, metavar="TOKEN",
+        help=f"every API request needs 'Authorization: Bearer TOKEN' (or set "
+        f"{API_TOKEN_VARIABLE}); required to listen on anything but loopback")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,23 +161,35 @@ def _common_config(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run(module: Module) -> int:
-    """The lifecycle: init → start → run until SIGINT/SIGTERM → close."""
-    config = module.config
+def run(
+    cls: type[Module], config: GlobalConfig, *, listen: str | None = None,
+    token: str | None = None, parser: argparse.ArgumentParser | None = None,
+) -> int:
+    """The lifecycle, owned by the controller: init → start → run until
+    SIGINT/SIGTERM (reloading on API requests) → close."""
+    from ecapture.api.controller import Controller
+
+    address = None if listen is None else check_listen(listen, token)
     _set_niceness(config.nice)
-    sink = open_sink(config.eventaddr)
-    try:
-        writers = make_writers(config, module.name, sink)
-        _install_stop_handlers(module)
-        try:
-            module.init(writers)
-            module.start()
-            module.run()
-        finally:
-            module.close()
-    finally:
-        sink.close()
-    return 0
+    controller = Controller(cls, config)
+    serve = None
+    if address is not None:
+        from ecapture.api.server import ApiServer
+
+        api_parser = parser or build_parser()
+        host, port = address
+
+        async def serve(running: Controller) -> ApiServer:
+            def parse(argv: Sequence[str]) -> tuple[type[Module], GlobalConfig]:
+                parsed = parse_config(api_parser, argv)
+                if parsed is None:
+                    raise ConfigError("no module given")
+                return parsed
+
+            return await ApiServer(running, api_parser, parse, host=host, port=port,
+                                   token=token).start()
+
+    return asyncio.run(controller.run(serve))
 
 
 def _set_niceness(nice: int) -> None:
@@ -180,22 +197,6 @@ def _set_niceness(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
     except OSError as error:  # e.g. a negative value without CAP_SYS_NICE
         log.warning("cannot set niceness %d: %s", nice, error.strerror)
-
-
-def _install_stop_handlers(module: Module) -> None:
-    # Explicit: a process started in the background by a shell inherits
-    # SIGINT ignored, and Python then installs no handler of its own.
-    def stop(signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if module.stopping:
-            log.warning("%s again: stopping now; what the ring still holds is counted as lost",
-                        name)
-        else:
-            log.info("stopping (%s); a second signal stops without waiting for the ring", name)
-        module.stop()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
 
 
 def parse_config(
@@ -212,6 +213,18 @@ def parse_config(
     return cls, cls.config_from_args(args, _common_config(args))
 
 
+def api_settings(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+) -> tuple[str | None, str | None]:
+    """--listen and the API token (--api-token, else $ECAPTURE_API_TOKEN)."""
+    args = parser.parse_args(argv)
+    listen = getattr(args, "listen", None)
+    token = getattr(args, "api_token", None) or os.environ.get(API_TOKEN_VARIABLE) or None
+    if token is not None and not token.strip():
+        raise ConfigError("--api-token must not be empty")
+    return listen, token
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -220,8 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return 2
         cls, config = parsed
+        listen, token = api_settings(parser, argv)
+        if listen is not None:
+            check_listen(listen, token)  # refused before anything starts
         setup_logging(debug=config.debug, logaddr=config.logaddr)
-        return run(cls(config))
+        return run(cls, config, listen=listen, token=token, parser=parser)
     except ConfigError as error:
         print(f"ecapture: error: {error}", file=sys.stderr)
         return 2

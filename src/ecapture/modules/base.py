@@ -94,7 +94,7 @@ from ecapture.modules.parts import (
 )
 from ecapture.output.base import Writer
 from ecapture.output.render import missing_renderers
-from ecapture.pipeline import Pipeline
+from ecapture.pipeline import Pipeline, PipelineCounters
 from ecapture.processor.interface import RecordProcessor
 from ecapture.processor.tracker import ConnectionTracker
 
@@ -424,6 +424,12 @@ class Module(abc.ABC):
         if self._stop.is_set():
             self._abort.set()
         self._stop.set()
+
+    @property
+    def counters(self) -> PipelineCounters | None:
+        """What this module's pipeline counted so far (None before init): the
+        controller adds them up across reloads (src/ecapture/api/controller.py)."""
+        return None if self._pipeline is None else self._pipeline.counters
 
     @property
     def stopping(self) -> bool:
