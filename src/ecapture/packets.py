@@ -11,7 +11,7 @@ import msgspec
 
 from ecapture.errors import DecodeError
 
-RECORD_TC_PACKET = 17  # bpf/events.h
+RECORD_TC_PACKET = 57  # bpf/events.h
 TC_INGRESS = 0
 TC_EGRESS = 1
 TC_PACKET_MAX = 65536

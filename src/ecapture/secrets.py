@@ -13,18 +13,20 @@ import struct
 import msgspec
 
 from ecapture.errors import DecodeError
+from ecapture.events import Clock
 
-RECORD_KEYLOG_SECRET = 16  # bpf/events.h
+RECORD_KEYLOG_SECRET = 56  # bpf/events.h
 KEYLOG_LABEL_SIZE = 48
 KEYLOG_RANDOM_SIZE = 32
 KEYLOG_SECRET_SIZE = 64
 FLAG_SECRET_TOO_LONG = 1 << 0
 FLAG_RANDOM_TOO_LONG = 1 << 1
 FLAG_READ_FAULT = 1 << 2
-# struct record_header (kind, pid, tid, uid, timestamp_ns, conn_id, comm[16]), then
+# struct record_header (kind, pid, tid, uid, timestamp_ns, conn_id, ssl, socket_cookie,
+# comm[16]), then
 # label_len, random_len, secret_len, flags, label[48], random[32], secret[64]
 KEYLOG_EVENT = struct.Struct(
-    f"<4IQQ16s4I{KEYLOG_LABEL_SIZE}s{KEYLOG_RANDOM_SIZE}s{KEYLOG_SECRET_SIZE}s"
+    f"<4IQQQQ16s4I{KEYLOG_LABEL_SIZE}s{KEYLOG_RANDOM_SIZE}s{KEYLOG_SECRET_SIZE}s"
 )
 KEYLOG_STAT_RECORDS = 0  # indexes of the per-CPU keylog_stats array
 KEYLOG_STAT_RING_FULL = 1
@@ -38,9 +40,10 @@ class KeylogSecret(msgspec.Struct, frozen=True):
     secret: bytes
     pid: int
     tid: int
+    uid: int
     comm: str
-    timestamp_ns: int
-    conn_id: int  # the SSL*
+    timestamp_ns: int  # ns since the epoch with a clock given to decode_keylog, else monotonic
+    ssl: int  # the SSL* of the handshake
 
     def line(self) -> str:
         """`LABEL <client random hex> <secret hex>` (NSS key log format)."""
@@ -54,7 +57,7 @@ class KeylogFailure(msgspec.Struct, frozen=True):
     label: str
     pid: int
     comm: str
-    conn_id: int
+    ssl: int
 
 
 def _reason(flags: int, random_len: int, secret_len: int) -> str:
@@ -68,11 +71,11 @@ def _reason(flags: int, random_len: int, secret_len: int) -> str:
     return "; ".join(reasons) or f"unknown flags {flags:#x}"
 
 
-def decode_keylog(data: bytes) -> KeylogSecret | KeylogFailure:
+def decode_keylog(data: bytes, clock: Clock | None = None) -> KeylogSecret | KeylogFailure:
     if len(data) < KEYLOG_EVENT.size:
         raise DecodeError(f"keylog record of {len(data)} bytes; expected {KEYLOG_EVENT.size}")
     (
-        kind, pid, tid, _uid, timestamp_ns, conn_id, comm_raw,
+        kind, pid, tid, uid, timestamp_ns, _conn_id, ssl, _cookie, comm_raw,
         label_len, random_len, secret_len, flags, label_raw, random, secret,
     ) = KEYLOG_EVENT.unpack_from(data)
     if kind != RECORD_KEYLOG_SECRET:
@@ -84,7 +87,7 @@ def decode_keylog(data: bytes) -> KeylogSecret | KeylogFailure:
         flags = FLAG_READ_FAULT  # an NSS label is one ASCII word: anything else is a bad read
     if flags:
         return KeylogFailure(
-            _reason(flags, random_len, secret_len), label_text, pid, comm, conn_id
+            _reason(flags, random_len, secret_len), label_text, pid, comm, ssl
         )
     return KeylogSecret(
         label=label_text,
@@ -92,7 +95,8 @@ def decode_keylog(data: bytes) -> KeylogSecret | KeylogFailure:
         secret=secret[:secret_len],
         pid=pid,
         tid=tid,
+        uid=uid,
         comm=comm,
-        timestamp_ns=timestamp_ns,
-        conn_id=conn_id,
+        timestamp_ns=timestamp_ns if clock is None else clock.to_epoch(timestamp_ns),
+        ssl=ssl,
     )
