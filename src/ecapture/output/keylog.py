@@ -23,7 +23,7 @@ MAX_REMEMBERED = 1 << 20
 
 
 class KeylogWriter:
-    """Appends each new secret to `path` (src/ecapture/files.py: created 0600, never through a symlink)."""
+    """Appends each new secret to `path` (files.py: 0600, never through a symlink)."""
 
     def __init__(self, path: str, *, flag: str = "--keylogfile") -> None:
         self.path = path
