@@ -8,6 +8,7 @@ counts its secrets blocks; `tc filter show` says what a killed run left.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -298,3 +299,26 @@ def test_pcap_after_kill_9_the_next_run_leaves_no_filter(
     assert running.finished().exit_code == 0, running.finished().stderr
     shown = {direction: tc_filters(direction) for direction in ("ingress", "egress")}
     assert not any("ecap_tc" in text for text in shown.values()), shown
+
+
+def test_pcap_a_connection_open_before_the_start_is_written_with_its_process(
+    ecapture: Ecapture, tmp_path: Path,
+) -> None:
+    """Packets need no handshake seen: a TCP connection made before ecapture started has
+    its later packets written, named after the process that sends them."""
+    output = tmp_path / "early.pcapng"
+    marker = b"sent-after-the-start-4242"
+    with socket.create_server((HOST, 0)) as server:
+        port = server.getsockname()[1]
+        client = socket.create_connection((HOST, port), timeout=5)
+        accepted, _ = server.accept()
+        with client, accepted, capture(ecapture, tmp_path / "capture", "-m", "pcap", "-w",
+                                       str(output), "-i", INTERFACE, "tcp", "port", str(port)):
+            client.sendall(marker)
+            assert accepted.recv(64) == marker
+            time.sleep(0.3)
+    rows = tshark("-r", output, "-Y", "tcp.len > 0", "-T", "fields", "-e", "tcp.payload",
+                  "-e", "frame.comment").splitlines()
+    assert [row.split("\t")[0].replace(":", "") for row in rows] == [marker.hex()], rows
+    comm = Path("/proc/self/comm").read_text().strip()
+    assert f"pid {os.getpid()} " in rows[0] and f"comm {comm}" in rows[0], rows
