@@ -322,3 +322,27 @@ def test_pcap_a_connection_open_before_the_start_is_written_with_its_process(
     assert [row.split("\t")[0].replace(":", "") for row in rows] == [marker.hex()], rows
     comm = Path("/proc/self/comm").read_text().strip()
     assert f"pid {os.getpid()} " in rows[0] and f"comm {comm}" in rows[0], rows
+
+
+def test_pcap_a_full_packets_ring_is_lost_events_and_the_summary(
+    ecapture: Ecapture, nginx: Server, tmp_path: Path,
+) -> None:
+    """A 4 KiB packets ring cannot hold loopback's 64 KiB segments of a 1 MiB download: the
+    kernel counts them, and each count becomes `lost` events (ring_full) and the summary."""
+    require_programs("curl")
+    output = tmp_path / "small.pcapng"
+    with capture(ecapture, tmp_path / "capture", "-m", "pcap", "-w", str(output), "-i",
+                 INTERFACE, "--mapsize", "4", "tcp", "port", str(nginx.port)) as running:
+        result = run_client(curl_argv(nginx.url("/big.bin"))).check()
+        assert len(result.stdout) == targets.BIG_BODY_SIZE
+        time.sleep(1.5)  # one counter check a second: some are reported while running
+    finished = running.finished()
+    assert finished.exit_code == 0, finished.stderr
+    lost = [event for event in finished.events
+            if event["type"] == "lost" and event["reason"] == "ring_full"]
+    records = sum(event["records"] for event in lost)
+    assert records > 0 and sum(event["bytes"] for event in lost) > 0, finished.events[-5:]
+    found = re.search(r"(\d+) packets lost", finished.stderr)
+    assert found and int(found[1]) == records, finished.stderr  # the kernel's own count
+    summary = re.search(r"lost or cut: ring_full (\d+) records", finished.stderr)
+    assert summary and int(summary[1]) == records, finished.stderr
