@@ -192,3 +192,32 @@ def test_the_event_stream_names_a_secret_but_never_shows_it() -> None:
     assert event["type"] == "secret" and event["label"] == "CLIENT_RANDOM"
     assert event["comm"] == "curl" and event["pid"] == 7
     assert len(lines) == 2 and "secret CLIENT_RANDOM" in lines[1]
+
+
+def ipv4_tcp(source: str, destination: str, sport: int, dport: int, *,
+             ethernet: bool = True) -> bytes:
+    import ipaddress
+
+    ip = (bytes([0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0])
+          + ipaddress.ip_address(source).packed + ipaddress.ip_address(destination).packed)
+    tcp = struct.pack(">HH", sport, dport) + b"\x00" * 16
+    frame = ip + tcp
+    return (b"\x00" * 12 + b"\x08\x00" + frame) if ethernet else frame
+
+
+@pytest.mark.parametrize("ethernet", [True, False])
+def test_a_received_packet_is_named_after_the_sender_of_its_flow(ethernet: bool) -> None:
+    """Off loopback an ingress packet has no socket at TC: the reply direction of a flow a
+    socket sent on gets that socket's cookie; another flow stays unknown."""
+    processor = TlsKeysProcessor(raw_ip=not ethernet)
+    sent = packet(ipv4_tcp("10.0.0.1", "10.0.0.2", 40000, 443, ethernet=ethernet), cookie=77)
+    assert processor.feed(sent) == (sent,)
+    reply = packet(ipv4_tcp("10.0.0.2", "10.0.0.1", 443, 40000, ethernet=ethernet),
+                   direction=TC_INGRESS, cookie=0)
+    (named,) = processor.feed(reply)
+    assert isinstance(named, TcPacket) and named.socket_cookie == 77
+    stranger = packet(ipv4_tcp("10.0.0.3", "10.0.0.1", 443, 40000, ethernet=ethernet),
+                      direction=TC_INGRESS, cookie=0)
+    assert processor.feed(stranger) == (stranger,)
+    # on loopback the ingress copy is dropped, never renamed
+    assert TlsKeysProcessor(loopback=True).feed(reply) == ()

@@ -283,6 +283,7 @@ class TlsPcapModule(TlsKeylogModule):
     def __init__(self, config: GlobalConfig) -> None:
         super().__init__(config)
         self.pcap_writer: PcapngFileWriter | None = None
+        self.linktype = LINKTYPE_ETHERNET
         self.packet_filter: PacketFilter | None = None
         self._owners_map: Map | None = None
         self._owners: dict[int, str] = {}
@@ -291,6 +292,7 @@ class TlsPcapModule(TlsKeylogModule):
         config = self.tls_config
         assert config.interface is not None and config.pcap_file is not None  # TlsConfig
         linktype, dlt = interface_link_type(config.interface)
+        self.linktype = linktype
         if config.pcap_filter:
             self.packet_filter = PacketFilter(config.pcap_filter, linktype=dlt,
                                               snaplen=config.snaplen, flag="filter")
@@ -331,7 +333,7 @@ class TlsPcapModule(TlsKeylogModule):
         return TlsKeysProcessor(
             packet_filter=self.packet_filter, loopback=bool(interface and is_loopback(interface)),
             snaplen=self.tls_config.snaplen, kernel_counters=self.loss_counters,
-            watched=self.watched,
+            watched=self.watched, raw_ip=self.linktype == LINKTYPE_RAW,
         )
 
     def owner_comment(self, cookie: int) -> str | None:

@@ -5,7 +5,10 @@ when the peer in the same capture derives it too, or the library logs it
 twice); a secret the kernel could not copy whole becomes a `Lost` item, never a
 key. A packet goes on unless the filter leaves it out or it is loopback's
 second copy (on `lo` each packet crosses egress, then ingress: the egress copy,
-which carries the sender's socket cookie, is kept). The kernel's counters
+which carries the sender's socket cookie, is kept). Elsewhere a received packet
+has no socket yet when TC sees it (the stack finds it later, ip_rcv_finish's
+early demux): it gets the cookie of the socket that sent the same flow's
+packets the other way, learnt from its TCP/UDP 5-tuple. The kernel's counters
 (ring full, copy faults) become `Lost` items as they grow, once a second and at
 the end.
 """
@@ -18,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
+
 from ecapture.events import LossReason, Lost
 from ecapture.packets import TC_INGRESS, TcPacket
 from ecapture.secrets import KeylogFailure, KeylogSecret
@@ -28,6 +33,46 @@ log = logging.getLogger(__name__)
 # forgotten (a repeat of a forgotten one is then written twice: harmless).
 MAX_REMEMBERED_SECRETS = 1 << 20
 MAX_LOGGED_FAILURES = 5
+MAX_FLOWS = 65536  # 5-tuples remembered for received packets (tc.bpf.c sock_owners' size)
+ETHERTYPE_VLAN = 0x8100
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_IPV6 = 0x86DD
+TRANSPORTS = (6, 17)  # TCP, UDP: ports in the first 4 bytes
+FlowKey = tuple[bytes, bytes, bytes]  # source address, destination address, ports + protocol
+
+
+def flow_of(frame: bytes, *, raw_ip: bool = False) -> FlowKey | None:
+    """(source, destination, ports and protocol) of a TCP/UDP packet, None otherwise.
+    Layouts: IEEE 802.3 (and 802.1Q), RFC 791, RFC 8200 (no extension headers)."""
+    at = 0
+    if not raw_ip:
+        if len(frame) < 14:
+            return None
+        ethertype = int.from_bytes(frame[12:14], "big")
+        at = 14
+        if ethertype == ETHERTYPE_VLAN and len(frame) >= 18:
+            ethertype, at = int.from_bytes(frame[16:18], "big"), 18
+    elif frame:
+        ethertype = ETHERTYPE_IPV4 if frame[0] >> 4 == 4 else ETHERTYPE_IPV6
+    else:
+        return None
+    if ethertype == ETHERTYPE_IPV4 and len(frame) >= at + 20:
+        header, protocol = (frame[at] & 0x0F) * 4, frame[at + 9]
+        source, destination = frame[at + 12:at + 16], frame[at + 16:at + 20]
+    elif ethertype == ETHERTYPE_IPV6 and len(frame) >= at + 40:
+        header, protocol = 40, frame[at + 6]
+        source, destination = frame[at + 8:at + 24], frame[at + 24:at + 40]
+    else:
+        return None
+    ports = frame[at + header:at + header + 4]
+    if protocol not in TRANSPORTS or len(ports) < 4:
+        return None
+    return (source, destination, ports + bytes([protocol]))
+
+
+def _reverse(flow: FlowKey) -> FlowKey:
+    source, destination, ports = flow
+    return (destination, source, ports[2:4] + ports[0:2] + ports[4:])
 
 
 class Matcher(Protocol):
@@ -73,8 +118,10 @@ class TlsKeysProcessor:
     def __init__(
         self, *, packet_filter: Matcher | None = None, loopback: bool = False,
         snaplen: int = 0, kernel_counters: Callable[[], Mapping[str, int]] | None = None,
-        watched: Sequence[KernelCounter] = (),
+        watched: Sequence[KernelCounter] = (), raw_ip: bool = False,
     ) -> None:
+        self.raw_ip = raw_ip  # the interface has no MAC header (LINKTYPE_RAW)
+        self._flows: dict[FlowKey, int] = {}  # sent 5-tuple -> the sender's socket cookie
         self.packet_filter = packet_filter
         self.loopback = loopback
         self.snaplen = snaplen  # 0: no snap length of ours (nothing counted as cut)
@@ -123,12 +170,31 @@ class TlsKeysProcessor:
             self.counters.filtered += 1
             return ()
         self.counters.packets += 1
+        if not self.loopback:
+            packet = self._attributed(packet)
         wanted = packet.length if not self.snaplen else min(packet.length, self.snaplen)
         if len(data) < wanted:  # the kernel's record limit (TC_PACKET_MAX) cut it
             self.counters.cut += 1
             return (packet, Lost(packet.timestamp_ns, LossReason.KERNEL_LIMIT, 0,
                                  wanted - len(data)))
         return (packet,)
+
+    def _attributed(self, packet: TcPacket) -> TcPacket:
+        """Learn a sent packet's flow; give a received one without a socket the cookie
+        of its flow's sender."""
+        if packet.socket_cookie == 0 and packet.direction != TC_INGRESS:
+            return packet
+        flow = flow_of(packet.data, raw_ip=self.raw_ip)
+        if flow is None:
+            return packet
+        if packet.socket_cookie:
+            if packet.direction != TC_INGRESS:
+                if len(self._flows) >= MAX_FLOWS and flow not in self._flows:
+                    self._flows.clear()
+                self._flows[flow] = packet.socket_cookie
+            return packet
+        cookie = self._flows.get(_reverse(flow))
+        return packet if cookie is None else msgspec.structs.replace(packet, socket_cookie=cookie)
 
     def expire(self, now_ns: int) -> Sequence[object]:
         return self._kernel_losses(now_ns)
