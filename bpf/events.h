@@ -107,9 +107,10 @@ enum stat_index {
 };
 
 /* ---- TLS secrets (bpf/keylog.bpf.c) ----
- * Their kinds are numbered apart from enum record_kind, so that kinds added
- * there cannot collide with these. */
-#define RECORD_KEYLOG_SECRET	16	/* struct keylog_event */
+ * The tls modes' kinds are 56-63: apart from enum record_kind and from the
+ * other modules' ranges (shells 16-17, databases 32-39), so one stream of
+ * mixed kinds stays decodable. */
+#define RECORD_KEYLOG_SECRET	56	/* struct keylog_event */
 
 /* "CLIENT_HANDSHAKE_TRAFFIC_SECRET" is the longest NSS key-log label (31). */
 #define KEYLOG_LABEL_SIZE	48
@@ -123,7 +124,7 @@ enum stat_index {
 
 /* One secret as the library logs it: `label random secret` of the NSS key log. */
 struct keylog_event {
-	struct record_header header;	/* ssl: the SSL*; conn_id 0 (not known here) */
+	struct record_header header;	/* ssl: the SSL*; conn_id, socket_cookie 0 */
 	__u32 label_len;		/* bytes in label[] before its NUL */
 	__u32 random_len;		/* as the library passed it */
 	__u32 secret_len;		/* as the library passed it */
@@ -141,7 +142,7 @@ enum keylog_stat_index {
 };
 
 /* ---- packets (bpf/tc.bpf.c) ---- */
-#define RECORD_TC_PACKET	17	/* struct tc_packet_event */
+#define RECORD_TC_PACKET	57	/* struct tc_packet_event */
 /* Bytes of one packet a record holds at most: loopback's MTU is 65536 and
  * GSO packets keep IP's 16-bit total length. Power of two for masking. */
 #define TC_PACKET_MAX		65536

@@ -24,8 +24,10 @@ char LICENSE[] SEC("license") = "GPL";
 /* Keep the record type in the object's BTF: the layout test reads it. */
 const struct keylog_event *unused_keylog_event __attribute__((unused));
 
-/* Written by the loader before load (0 = every process). */
+/* Written by the loader before load (0 = every process; -u sets the uid). */
 const volatile __u32 target_pid = 0;
+const volatile __u32 target_uid = 0;
+const volatile __u32 filter_uid = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -73,6 +75,8 @@ static __always_inline int submit(__u64 ssl, const char *label, const __u8 *rand
 
 	if (target_pid && pid_tgid >> 32 != target_pid)
 		return 0;	/* another process */
+	if (filter_uid && (__u32)bpf_get_current_uid_gid() != target_uid)
+		return 0;	/* another user */
 	event = bpf_ringbuf_reserve(&keys, sizeof(*event), 0);
 	if (!event) {
 		count(KEYLOG_STAT_RING_FULL);
@@ -83,7 +87,9 @@ static __always_inline int submit(__u64 ssl, const char *label, const __u8 *rand
 	event->header.tid = (__u32)pid_tgid;
 	event->header.uid = (__u32)bpf_get_current_uid_gid();
 	event->header.timestamp_ns = bpf_ktime_get_ns();
-	event->header.conn_id = 0;	/* not known here: the client random names the session */
+	/* No connection id here (tls.bpf.c allocates those): the SSL* says
+	 * which handshake a secret belongs to. */
+	event->header.conn_id = 0;
 	event->header.ssl = ssl;
 	event->header.socket_cookie = 0;
 	bpf_get_current_comm(event->header.comm, sizeof(event->header.comm));

@@ -39,13 +39,15 @@ examples:
   ecapture tls --format json > events.jsonl one JSON object per line
   ecapture tls -p 1234 --har flows.har      one process; HTTP exchanges also to a HAR file
   ecapture tls --libssl /usr/lib/x86_64-linux-gnu/android/libssl.so.0   BoringSSL
+  ecapture tls -m keylog -k keys.log        every TLS secret (tshark -o tls.keylog_file:keys.log)
+  ecapture tls -m pcap -w tls.pcapng -i eth0 tcp port 443   packets + secrets: tshark -r decrypts
   ecapture bash -e 1                        bash commands (and psql/sqlite3 input) that returned 1
   ecapture zsh --format json                zsh commands with their exit status, as JSON
 
-files (--eventaddr, --har, --logaddr):
+files (--eventaddr, --har, --logaddr; tls -k, -w):
   created new with mode 0600; a symbolic link (dangling or not), a FIFO, a
   device or a directory is refused, never followed or written to. {_FILE_RULES};
-  it is then truncated (--logaddr: appended to) and its mode left as it is.
+  it is then truncated (--logaddr, -k: appended to) and its mode left as it is.
 
 stopping:
   the first SIGINT/SIGTERM detaches the probes, then writes out what the ring

@@ -13,8 +13,9 @@ import struct
 import msgspec
 
 from ecapture.errors import DecodeError
+from ecapture.events import Clock
 
-RECORD_KEYLOG_SECRET = 16  # bpf/events.h
+RECORD_KEYLOG_SECRET = 56  # bpf/events.h
 KEYLOG_LABEL_SIZE = 48
 KEYLOG_RANDOM_SIZE = 32
 KEYLOG_SECRET_SIZE = 64
@@ -39,9 +40,10 @@ class KeylogSecret(msgspec.Struct, frozen=True):
     secret: bytes
     pid: int
     tid: int
+    uid: int
     comm: str
-    timestamp_ns: int
-    ssl: int  # the SSL* (the probe sees no connection id: the client random names the session)
+    timestamp_ns: int  # ns since the epoch with a clock given to decode_keylog, else monotonic
+    ssl: int  # the SSL* of the handshake
 
     def line(self) -> str:
         """`LABEL <client random hex> <secret hex>` (NSS key log format)."""
@@ -69,11 +71,11 @@ def _reason(flags: int, random_len: int, secret_len: int) -> str:
     return "; ".join(reasons) or f"unknown flags {flags:#x}"
 
 
-def decode_keylog(data: bytes) -> KeylogSecret | KeylogFailure:
+def decode_keylog(data: bytes, clock: Clock | None = None) -> KeylogSecret | KeylogFailure:
     if len(data) < KEYLOG_EVENT.size:
         raise DecodeError(f"keylog record of {len(data)} bytes; expected {KEYLOG_EVENT.size}")
     (
-        kind, pid, tid, _uid, timestamp_ns, _conn_id, ssl, _cookie, comm_raw,
+        kind, pid, tid, uid, timestamp_ns, _conn_id, ssl, _cookie, comm_raw,
         label_len, random_len, secret_len, flags, label_raw, random, secret,
     ) = KEYLOG_EVENT.unpack_from(data)
     if kind != RECORD_KEYLOG_SECRET:
@@ -93,7 +95,8 @@ def decode_keylog(data: bytes) -> KeylogSecret | KeylogFailure:
         secret=secret[:secret_len],
         pid=pid,
         tid=tid,
+        uid=uid,
         comm=comm,
-        timestamp_ns=timestamp_ns,
+        timestamp_ns=timestamp_ns if clock is None else clock.to_epoch(timestamp_ns),
         ssl=ssl,
     )

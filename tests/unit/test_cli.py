@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ecapture.cli import build_parser, main, parse_config
-from ecapture.config import OutputFormat, ProbePlacement
+from ecapture.config import CaptureModel, OutputFormat, ProbePlacement
 from ecapture.modules.openssl import OpensslModule, TlsConfig
 
 
@@ -45,6 +45,28 @@ def test_every_flag_reaches_the_config() -> None:
     assert config.kernel_call_limit == 65536
     assert config.nice == 0
     assert parse("tls").nice == 10  # the default gives the CPU to the traced programs
+
+
+def test_keylog_and_pcap_flags_and_trailing_filter_words() -> None:
+    keylog = parse("tls", "-m", "key", "-k", "/tmp/keys.log")
+    assert keylog.model is CaptureModel.KEYLOG and keylog.keylog_file == "/tmp/keys.log"
+    pcap = parse("tls", "-m", "pcap", "-w", "/tmp/x.pcapng", "-i", "lo", "tcp", "port", "443",
+                 "and", "not", "host", "10.0.0.1", "--hex")
+    assert pcap.model is CaptureModel.PCAP and pcap.pcap_file == "/tmp/x.pcapng"
+    assert pcap.interface == "lo" and pcap.hex
+    assert pcap.pcap_filter == "tcp port 443 and not host 10.0.0.1"
+    assert pcap.snaplen == 262144  # tcpdump's default
+    assert parse("tls", "-m", "pcap", "-w", "f", "-i", "lo", "-s", "0").snaplen == 262144
+    assert parse("tls", "-m", "pcap", "-w", "f", "-i", "lo", "-s", "96").snaplen == 96
+
+
+def test_a_mode_is_its_own_module_class() -> None:
+    from ecapture.modules.tls_modes import TlsKeylogModule, TlsPcapModule
+
+    assert type(OpensslModule(parse("tls"))) is OpensslModule
+    assert type(OpensslModule(parse("tls", "-m", "keylog", "-k", "k"))) is TlsKeylogModule
+    assert type(OpensslModule(parse("tls", "-m", "pcap", "-w", "f", "-i", "lo"))) \
+        is TlsPcapModule
 
 
 def test_help_of_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,7 +115,10 @@ def test_malformed_flags_are_one_error_line(argv: list[str], message: str,
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["tls", "-m", "keylog"], "ecapture: error: -m keylog is not available"),
+        (["tls", "-m", "keylog"], "ecapture: error: -m keylog needs -k/--keylogfile FILE"),
+        (["tls", "-m", "pcap", "-w", "x.pcapng"], "ecapture: error: -m pcap needs -i/--ifname"),
+        (["tls", "tcp", "port", "443"], "ecapture: error: a packet filter ('tcp port 443') is "
+         "for -m pcap"),
         (["tls", "--mapsize", "3000"], "ecapture: error: --mapsize must be a power of two"),
         (["tls", "-p", "-4"], "ecapture: error: -p/--pid must be >= 0"),
         (["tls", "--nice", "20"], "ecapture: error: --nice must be in -20..19"),

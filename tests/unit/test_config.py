@@ -27,7 +27,17 @@ def test_defaults() -> None:
         ({"mapsize_kib": 1000}, "--mapsize must be a power of two"),
         ({"mapsize_kib": 2}, "--mapsize must be a power of two >= 4"),
         ({"btf": 2}, "non-CO-RE"),
-        ({"model": CaptureModel.KEYLOG}, "-m keylog is not available"),
+        ({"model": CaptureModel.KEYLOG}, "-m keylog needs -k/--keylogfile FILE"),
+        ({"model": CaptureModel.PCAP, "interface": "lo"}, "-m pcap needs -w/--pcapfile FILE"),
+        ({"model": CaptureModel.PCAP, "pcap_file": "x"}, "-m pcap needs -i/--ifname"),
+        ({"keylog_file": "k"}, "-k/--keylogfile is for -m keylog"),
+        ({"pcap_file": "x"}, "-w/--pcapfile is for -m pcap"),
+        ({"model": CaptureModel.KEYLOG, "keylog_file": "k", "interface": "lo"},
+         "-i/--ifname is for -m pcap"),
+        ({"model": CaptureModel.KEYLOG, "keylog_file": "k", "pcap_filter": "tcp"},
+         "a packet filter .'tcp'. is for -m pcap"),
+        ({"model": CaptureModel.PCAP, "pcap_file": "x", "interface": "lo", "snaplen": 0},
+         "-s/--snapshot-length must be in 1..262144"),
         ({"kernel_call_limit": 0}, "--kernel-call-limit must be in"),
         ({"drain_timeout_s": 0.0}, r"--drain-timeout must be in \(0, 3600\] seconds, got 0"),
         ({"drain_timeout_s": -1.0}, "--drain-timeout must be in"),
@@ -37,6 +47,12 @@ def test_defaults() -> None:
 def test_invalid_values_name_the_flag(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         TlsConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_pcap_config_round_trips_with_its_filter() -> None:
+    config = TlsConfig(model=CaptureModel.PCAP, pcap_file="/tmp/x.pcapng", interface="lo",
+                       pcap_filter="tcp port 443", snaplen=96, keylog_file="/tmp/k")
+    assert TlsConfig.from_json(config.to_json()) == config
 
 
 def test_json_round_trip() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from ecapture import secrets
 from ecapture.errors import DecodeError
-from ecapture.events import RECORD_HEADER
+from ecapture.events import Clock
 from ecapture.secrets import KEYLOG_EVENT, KeylogFailure, KeylogSecret, decode_keylog
 
 OBJECT = Path(__file__).resolve().parents[1].parent / "src/ecapture/objects/keylog.bpf.o"
@@ -26,7 +26,7 @@ def record(
     random_len: int | None = None, secret_len: int | None = None,
 ) -> bytes:
     return KEYLOG_EVENT.pack(
-        kind, 42, 43, 0, 5_000, 0, 0x5566, 0, b"curl", len(label),
+        kind, 42, 43, 1000, 5_000, 0, 0x5566, 0, b"curl", len(label),
         len(random) if random_len is None else random_len,
         len(secret) if secret_len is None else secret_len, flags,
         label, random, secret,
@@ -38,7 +38,10 @@ def test_decodes_label_random_and_secret_to_their_lengths() -> None:
     assert isinstance(decoded, KeylogSecret)
     assert decoded.label == "CLIENT_HANDSHAKE_TRAFFIC_SECRET"
     assert decoded.client_random == RANDOM and decoded.secret == SECRET
-    assert (decoded.pid, decoded.tid, decoded.comm, decoded.ssl) == (42, 43, "curl", 0x5566)
+    assert (decoded.pid, decoded.tid, decoded.uid, decoded.comm, decoded.ssl) == (
+        42, 43, 1000, "curl", 0x5566)
+    assert decoded.timestamp_ns == 5_000
+    assert decode_keylog(record(), Clock(10**18)).timestamp_ns == 10**18 + 5_000  # type: ignore[union-attr]
     assert decoded.line() == f"CLIENT_HANDSHAKE_TRAFFIC_SECRET {RANDOM.hex()} {SECRET.hex()}"
 
 
@@ -93,7 +96,7 @@ def test_keylog_event_layout_matches_btf(btf_structs: dict[str, dict[str, Any]])
     event = btf_structs["keylog_event"]
     assert event["size"] == KEYLOG_EVENT.size
     fields = {m["name"]: m["bits_offset"] // 8 for m in event["members"]}
-    header = RECORD_HEADER.size  # 64 since the header carries ssl and socket_cookie
+    header = 64
     assert fields == {
         "header": 0, "label_len": header, "random_len": header + 4, "secret_len": header + 8,
         "flags": header + 12, "label": header + 16, "random": header + 16 + 48,

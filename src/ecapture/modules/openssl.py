@@ -31,6 +31,8 @@ from ecapture.processor.tracker import ConnectionTracker
 log = logging.getLogger(__name__)
 
 MAX_KERNEL_CALL_BYTES = 1 << 30
+DEFAULT_SNAPLEN = 262144  # tcpdump's default snap length (libpcap MAXIMUM_SNAPLEN)
+MODEL_ALIASES = {"key": CaptureModel.KEYLOG}  # eCapture's -m key
 
 # (direction, semantics) → the entry program of bpf/tls.bpf.c
 ENTRY_PROGRAMS = {
@@ -56,20 +58,42 @@ class TlsConfig(GlobalConfig):
     model: CaptureModel = CaptureModel.TEXT
     keylog_file: str | None = None
     pcap_file: str | None = None
+    interface: str | None = None  # -m pcap: the interface whose packets are written
+    pcap_filter: str = ""  # -m pcap: a pcap-filter(7) expression; "" = every packet
+    snaplen: int = DEFAULT_SNAPLEN  # -m pcap: bytes kept of each packet
     probe_placement: ProbePlacement = ProbePlacement.AUTO
     kernel_call_limit: int = 4 << 20  # bytes copied per SSL call; more is cut and said
 
     def __post_init__(self) -> None:
         GlobalConfig.__post_init__(self)
-        if self.model is not CaptureModel.TEXT:
-            raise ConfigError(
-                f"-m {self.model.value} is not available in this version; use -m text"
-            )
+        self._check_model()
+        if not 0 < self.snaplen <= DEFAULT_SNAPLEN:
+            raise ConfigError(f"-s/--snapshot-length must be in 1..{DEFAULT_SNAPLEN} "
+                              f"(0: {DEFAULT_SNAPLEN}), got {self.snaplen}")
         if not 0 < self.kernel_call_limit <= MAX_KERNEL_CALL_BYTES:
             raise ConfigError(
                 f"--kernel-call-limit must be in 1..{MAX_KERNEL_CALL_BYTES}, "
                 f"got {self.kernel_call_limit}"
             )
+
+    def _check_model(self) -> None:
+        """Each file and packet flag belongs to one model: say which, never ignore it."""
+        model = self.model
+        if model is CaptureModel.KEYLOG and not self.keylog_file:
+            raise ConfigError("-m keylog needs -k/--keylogfile FILE")
+        if model is CaptureModel.PCAP and not self.pcap_file:
+            raise ConfigError("-m pcap needs -w/--pcapfile FILE")
+        if model is CaptureModel.PCAP and not self.interface:
+            raise ConfigError("-m pcap needs -i/--ifname INTERFACE")
+        if model is CaptureModel.TEXT and self.keylog_file:
+            raise ConfigError("-k/--keylogfile is for -m keylog (or -m pcap)")
+        if model is not CaptureModel.PCAP:
+            given = [flag for flag, value in (
+                ("-w/--pcapfile", self.pcap_file), ("-i/--ifname", self.interface),
+                (f"a packet filter ({self.pcap_filter!r})", self.pcap_filter),
+                ("-s/--snapshot-length", self.snaplen != DEFAULT_SNAPLEN)) if value]
+            if given:
+                raise ConfigError(f"{given[0]} is for -m pcap")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +117,16 @@ class OpensslModule(Module):
     spare_ring_map: ClassVar[str | None] = "spare_closes"
     summary: ClassVar[str] = "capture TLS plaintext of OpenSSL/BoringSSL programs"
 
+    def __new__(cls, config: GlobalConfig) -> OpensslModule:
+        """-m keylog and -m pcap are subclasses (modules/tls_modes.py): their own
+        objects, counters and files; text mode is this class."""
+        if cls is OpensslModule and isinstance(config, TlsConfig) \
+                and config.model is not CaptureModel.TEXT:
+            from ecapture.modules.tls_modes import mode_class  # imports this module
+
+            return super().__new__(mode_class(config.model))
+        return super().__new__(cls)
+
     def __init__(self, config: GlobalConfig) -> None:
         if not isinstance(config, TlsConfig):
             raise ConfigError(f"tls needs a TlsConfig, got {type(config).__name__}")
@@ -110,13 +144,30 @@ class OpensslModule(Module):
             "default: the system libssl plus every libssl mapped by running processes",
         )
         parser.add_argument(
-            "-m", "--model", default="text", choices=[m.value for m in CaptureModel],
-            help="capture model: text = plaintext of SSL reads and writes (default)",
+            "-m", "--model", default="text",
+            choices=[*(m.value for m in CaptureModel), *MODEL_ALIASES],
+            help="text = plaintext of SSL reads and writes (default); keylog (alias key) = "
+            "every TLS secret to -k FILE (NSS key log); pcap = the packets of -i IFACE to "
+            "-w FILE.pcapng with their secrets in it (tshark -r decrypts it alone)",
         )
         parser.add_argument("-k", "--keylogfile", metavar="FILE",
-                            help="key log file (for -m keylog; not available yet)")
+                            help="-m keylog: append each new secret to FILE (created 0600); "
+                            "-m pcap: also there")
         parser.add_argument("-w", "--pcapfile", metavar="FILE",
-                            help="pcapng file (for -m pcap; not available yet)")
+                            help="-m pcap: write a pcapng file (created 0600, replaced)")
+        parser.add_argument("-i", "--ifname", metavar="IFACE",
+                            help="-m pcap: the network interface to capture (TC ingress and "
+                            "egress)")
+        parser.add_argument(
+            "-s", "--snapshot-length", type=int, default=DEFAULT_SNAPLEN, metavar="BYTES",
+            help=f"-m pcap: bytes kept of each packet (default {DEFAULT_SNAPLEN}, as tcpdump; "
+            "0 = the default); the kernel copies at most 65536, more is counted as cut",
+        )
+        parser.add_argument(
+            "filter", nargs="*", metavar="FILTER",
+            help="-m pcap: a pcap-filter(7) expression, as tcpdump takes it "
+            "(e.g. tcp port 443); -p/-u choose whose secrets are written",
+        )
         parser.add_argument(
             "--probe-placement", default="auto", choices=[p.value for p in ProbePlacement],
             help="auto: probe the internal function SSL_write/SSL_read call first when the "
@@ -133,9 +184,12 @@ class OpensslModule(Module):
         return TlsConfig(
             **common,
             libssl=args.libssl,
-            model=CaptureModel(args.model),
+            model=MODEL_ALIASES.get(args.model) or CaptureModel(args.model),
             keylog_file=args.keylogfile,
             pcap_file=args.pcapfile,
+            interface=args.ifname,
+            pcap_filter=" ".join(args.filter),
+            snaplen=args.snapshot_length or DEFAULT_SNAPLEN,
             probe_placement=ProbePlacement(args.probe_placement),
             kernel_call_limit=args.kernel_call_limit,
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ecapture.bpf import LoadedObject
+from ecapture.bpf.tc import remove_leftover_filters
 from ecapture.errors import DecodeError
 from ecapture.events import Clock
 
@@ -138,6 +139,26 @@ class Tracepoint:
 
     def attach(self, loaded: LoadedObject, pid: int) -> Undo:
         return loaded.attach_tracepoint(self.program, self.category, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class TcFilterAttach:
+    """A TC clsact filter running `program` on `interface` ("ingress" or "egress");
+    its undo removes the filter (and the clsact qdisc when this process made it).
+    `leftovers`: program names whose filters a killed earlier run left there are
+    removed first (bpf/tc.py remove_leftover_filters)."""
+
+    program: str
+    interface: str
+    direction: str
+    object: str | None = None
+    label: str = ""
+    leftovers: frozenset[str] = frozenset()
+
+    def attach(self, loaded: LoadedObject, pid: int) -> Undo:
+        if self.leftovers:
+            remove_leftover_filters(self.interface, self.leftovers)
+        return loaded.attach_tc(self.program, self.interface, self.direction)
 
 
 def dispatch_decoder(decoders: Mapping[int, Decoder]) -> Callable[[bytes, Clock], object]:

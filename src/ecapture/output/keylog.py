@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from ecapture.output.private_file import open_private_file
+from ecapture.files import open_private_file
 from ecapture.output.sinks import write_all
 from ecapture.secrets import KeylogSecret
 
@@ -23,11 +23,11 @@ MAX_REMEMBERED = 1 << 20
 
 
 class KeylogWriter:
-    """Appends each new secret to `path` (created 0600, never through a symlink)."""
+    """Appends each new secret to `path` (files.py: 0600, never through a symlink)."""
 
     def __init__(self, path: str, *, flag: str = "--keylogfile") -> None:
         self.path = path
-        self._fd: int | None = open_private_file(path, append=True, flag=flag)
+        self._fd: int | None = open_private_file(path, flag, append=True)
         self._seen: dict[tuple[str, bytes], None] = {}
         self.written = 0
         self.duplicates = 0

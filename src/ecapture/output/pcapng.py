@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ecapture.output.private_file import open_private_file
+from ecapture.files import open_private_file
 from ecapture.output.sinks import write_all
 
 SHB_TYPE = 0x0A0D0D0A
@@ -119,7 +119,7 @@ class PcapngWriter:
     def __init__(self, path: str, *, hold_ns: int = 0, flag: str = "--pcapfile") -> None:
         self.path = path
         self.hold_ns = hold_ns
-        self._fd: int | None = open_private_file(path, append=False, flag=flag)
+        self._fd: int | None = open_private_file(path, flag)
         self._interfaces: dict[str, int] = {}
         self._held: deque[_Held] = deque()
         self.packets = 0

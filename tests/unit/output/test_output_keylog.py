@@ -9,20 +9,20 @@ from pathlib import Path
 import pytest
 
 from ecapture.errors import ConfigError
+from ecapture.files import open_private_file
 from ecapture.output.keylog import KeylogWriter
-from ecapture.output.private_file import open_private_file
 from ecapture.secrets import KeylogSecret
 
 
 def secret(label: str = "CLIENT_RANDOM", random: bytes = b"\x01" * 32,
            value: bytes = b"\x02" * 48) -> KeylogSecret:
-    return KeylogSecret(label, random, value, 1, 1, "curl", 0, 7)
+    return KeylogSecret(label, random, value, 1, 1, 0, "curl", 0, 7)
 
 
 def test_lines_are_appended_deduplicated_and_visible_at_once(tmp_path: Path) -> None:
     path = tmp_path / "keys.log"
     path.write_text("# written by the client\n")
-    path.chmod(0o640)
+    path.chmod(0o400)  # ours, private: appended to, its mode left as it is
     with KeylogWriter(str(path)) as writer:
         assert writer.write(secret())
         assert path.read_text().splitlines()[-1] == f"CLIENT_RANDOM {'01' * 32} {'02' * 48}"
@@ -32,7 +32,16 @@ def test_lines_are_appended_deduplicated_and_visible_at_once(tmp_path: Path) -> 
         assert (writer.written, writer.duplicates) == (3, 1)
     lines = path.read_text().splitlines()
     assert lines[0] == "# written by the client" and len(lines) == 4
-    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # not ours: its mode is left alone
+    assert stat.S_IMODE(path.stat().st_mode) == 0o400
+
+
+def test_an_existing_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "keys.log"
+    path.write_text("# written by the client\n")
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="mode 0644"):
+        KeylogWriter(str(path), flag="-k")
+    assert path.read_text() == "# written by the client\n"
 
 
 def test_a_new_file_is_0600_whatever_the_umask(tmp_path: Path) -> None:
@@ -65,8 +74,8 @@ def test_a_fifo_is_refused(tmp_path: Path) -> None:
     # open a reader first
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        with pytest.raises(ConfigError, match="not a regular file"):
-            open_private_file(str(fifo), append=True, flag="-k")
+        with pytest.raises(ConfigError, match="FIFO"):
+            open_private_file(str(fifo), "-k", append=True)
     finally:
         os.close(reader)
 
@@ -74,6 +83,7 @@ def test_a_fifo_is_refused(tmp_path: Path) -> None:
 def test_truncating_mode_empties_an_existing_file(tmp_path: Path) -> None:
     path = tmp_path / "out.pcapng"
     path.write_bytes(b"old")
-    fd = open_private_file(str(path), append=False, flag="-w")
+    path.chmod(0o600)
+    fd = open_private_file(str(path), "-w")
     os.close(fd)
     assert path.read_bytes() == b""
