@@ -97,8 +97,12 @@ def test_whole_scan_lists_the_process_but_not_ourselves(
     assert all(os.getpid() not in t.pids for t in targets)
     parsed = scanner.files_parsed
     assert parsed > 0
+    judged = dict(scanner._files)
     scanner.scan()
-    assert scanner.files_parsed == parsed  # each (device, inode) is judged once
+    # Each (device, inode) is judged once: the second scan parses only files that
+    # processes started in between map (other tests' programs), never one judged before.
+    assert all(scanner._files[key] is verdict for key, verdict in judged.items())
+    assert scanner.files_parsed - parsed == len(scanner._files) - len(judged)
 
 
 def test_vanished_process_gives_no_targets() -> None:
