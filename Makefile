@@ -57,6 +57,8 @@ $(BUILD)/tests/%.bpf.o: tests/bpf/%.bpf.c bpf/events.h $(BUILD)/vmlinux.h
 test-bpf: $(TEST_BPF_OBJECTS)
 
 bpf: $(BPF_OBJECTS)
+# gotls.bpf.c includes tls.bpf.c (the same connection bookkeeping).
+$(OBJDIR)/gotls.bpf.o: bpf/tls.bpf.c
 $(OBJDIR)/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h) $(BUILD)/vmlinux.h
 	@mkdir -p $(OBJDIR)
 	$(CLANG) -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \

@@ -75,7 +75,7 @@ class GoFunction:
 
 def read_buildinfo_version(path: Path) -> str:
     """The Go version (`go1.19.8`) written into `path`'s .go.buildinfo."""
-    with _elf(path) as (elf, _stream):
+    with _OpenElf(path) as (elf, _stream):
         section = elf.get_section_by_name(".go.buildinfo")
         if section is None:
             raise NotGo(f"{path}: not a Go program (no .go.buildinfo section)")
@@ -115,7 +115,7 @@ def _uvarint(data: bytes, offset: int) -> tuple[int, int]:
         shift += 7
 
 
-class _elf:
+class _OpenElf:
     """An open ELFFile and its stream, as a context manager; the file's errors as ours."""
 
     def __init__(self, path: Path) -> None:
@@ -227,7 +227,7 @@ class GoBinary:
         return not self._has_symtab
 
     def _load_pclntab(self) -> None:
-        with _elf(self.path) as (elf, _stream):
+        with _OpenElf(self.path) as (elf, _stream):
             self._has_symtab = elf.get_section_by_name(".symtab") is not None
             section = next((s for name in PCLNTAB_SECTIONS
                             if (s := elf.get_section_by_name(name)) is not None), None)

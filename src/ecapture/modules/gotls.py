@@ -1,0 +1,351 @@
+"""`ecapture gotls`: plaintext and secrets of Go programs' crypto/tls.
+
+Go programs carry their own TLS: no libssl to hook. The functions come from
+the binary itself (src/ecapture/elf/golang.py: `.symtab`, or `.gopclntab`
+when stripped), the probes are bpf/gotls.bpf.c's (Go's register ABI, every
+RET of Read/Write probed instead of a uretprobe). Its records are the TLS
+path's (same connection ids and closes), so the same HTTP/1 and HTTP/2
+processing follows.
+
+  -m text    crypto/tls.(*Conn).Write at entry and return, (*Conn).Read at return
+  -m keylog  crypto/tls.(*Config).writeKeyLog, into the NSS key log (-k)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ecapture.config import CaptureModel, GlobalConfig
+from ecapture.elf.discovery import PROC
+from ecapture.elf.golang import GoBinary, NotGo
+from ecapture.errors import ConfigError, EcaptureError, LibraryNotFound, SymbolNotFound
+from ecapture.events import Clock, LossReason, Lost
+from ecapture.modules.base import Module, ProbeSpec
+from ecapture.modules.parts import BpfObject, Decoder, Reader, StatsLayout
+from ecapture.modules.registry import register
+from ecapture.output.keylog import KeylogWriter
+from ecapture.processor.tracker import ConnectionTracker
+from ecapture.secrets import (
+    KEYLOG_STAT_RECORDS,
+    KEYLOG_STAT_RING_FULL,
+    RECORD_KEYLOG_SECRET,
+    KeylogFailure,
+    KeylogSecret,
+    decode_keylog,
+)
+
+log = logging.getLogger(__name__)
+
+WRITE = "crypto/tls.(*Conn).Write"
+READ = "crypto/tls.(*Conn).Read"
+KEYLOG = "crypto/tls.(*Config).writeKeyLog"
+MAX_KERNEL_CALL_BYTES = 1 << 30
+# The attach cookie of go_call_return: which call a RET belongs to (bpf/gotls.bpf.c).
+COOKIE_READ = 0
+COOKIE_WRITE = 1
+TEXT_PROGRAMS = frozenset({"go_write_enter", "go_read_enter", "go_call_return",
+                           "go_sock_send", "go_sock_recv", "sock_state"})
+KEYLOG_PROGRAMS = frozenset({"go_write_key_log"})
+KEYLOG_STATS = StatsLayout(
+    "keylog_stats", {KEYLOG_STAT_RECORDS: "secrets", KEYLOG_STAT_RING_FULL: "lost"},
+    records=KEYLOG_STAT_RECORDS, ring_full_records=KEYLOG_STAT_RING_FULL,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GoTlsConfig(GlobalConfig):
+    """Configuration of `ecapture gotls`."""
+
+    elfpath: str | None = None  # None: every running Go program with crypto/tls
+    model: CaptureModel = CaptureModel.TEXT
+    keylog_file: str | None = None
+    pcap_file: str | None = None
+    kernel_call_limit: int = 4 << 20
+
+    def __post_init__(self) -> None:
+        GlobalConfig.__post_init__(self)
+        if self.model is CaptureModel.KEYLOG and not self.keylog_file:
+            raise ConfigError("-m keylog needs -k/--keylogfile FILE")
+        if self.model is CaptureModel.PCAP:
+            raise ConfigError("-m pcap is not available for gotls in this version; "
+                              "use -m keylog with your own packet capture")
+        if not 0 < self.kernel_call_limit <= MAX_KERNEL_CALL_BYTES:
+            raise ConfigError(f"--kernel-call-limit must be in 1..{MAX_KERNEL_CALL_BYTES}, "
+                              f"got {self.kernel_call_limit}")
+
+
+@dataclass(frozen=True, slots=True)
+class GoTarget:
+    """A Go binary to probe and where."""
+
+    path: Path
+    version: str
+    stripped: bool
+    write_entry: int  # file offsets
+    write_returns: tuple[int, ...]
+    read_entry: int
+    read_returns: tuple[int, ...]
+    keylog_entry: int | None
+
+
+def inspect_go_binary(path: Path) -> GoTarget:
+    """The probe offsets in one Go binary; LibraryNotFound with the reason when it
+    cannot be probed (not Go, no crypto/tls, the stack ABI)."""
+    try:
+        binary = GoBinary(path)
+    except NotGo as error:
+        raise LibraryNotFound(str(error)) from None
+    if not binary.register_abi:
+        raise LibraryNotFound(
+            f"{path}: built by {binary.version}: Go before 1.17 passes arguments on the "
+            "stack; only the register ABI (Go 1.17+) is supported")
+    if binary.executable.machine != "EM_X86_64":
+        raise LibraryNotFound(f"{path}: {binary.executable.machine} Go binaries are not "
+                              "supported (amd64 only)")
+    try:
+        write = binary.function(WRITE)
+        read = binary.function(READ)
+    except SymbolNotFound as error:
+        raise LibraryNotFound(
+            f"{path}: a Go program ({binary.version}) without crypto/tls "
+            f"({error})") from None
+    keylog = binary.function(KEYLOG) if binary.has(KEYLOG) else None
+    write_returns = binary.return_addresses(write)
+    read_returns = binary.return_addresses(read)
+    if not write_returns or not read_returns:
+        raise LibraryNotFound(f"{path}: no RET found in {WRITE if not write_returns else READ}")
+    return GoTarget(
+        path=path, version=binary.version, stripped=binary.stripped,
+        write_entry=binary.offset_of(write.address),
+        write_returns=tuple(binary.offset_of(a) for a in write_returns),
+        read_entry=binary.offset_of(read.address),
+        read_returns=tuple(binary.offset_of(a) for a in read_returns),
+        keylog_entry=None if keylog is None else binary.offset_of(keylog.address),
+    )
+
+
+def running_go_programs(proc: Path = PROC, pid: int | None = None) -> list[Path]:
+    """The executables of running processes that are Go programs (a .go.buildinfo
+    section), each file once; read through /proc/PID/exe (works across mount
+    namespaces)."""
+    seen: set[tuple[int, int]] = set()
+    found: list[Path] = []
+    pids = [str(pid)] if pid else [entry for entry in os.listdir(proc) if entry.isdigit()]
+    for entry in pids:
+        exe = proc / entry / "exe"
+        try:
+            stat = exe.stat()
+        except OSError:
+            continue  # gone, a kernel thread, or not ours to read
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen:
+            continue
+        seen.add(key)
+        if _has_go_buildinfo(exe):
+            found.append(exe)
+    return found
+
+
+def _has_go_buildinfo(path: Path) -> bool:
+    """True when the file holds Go's build-info magic (in its first 32 MiB: the
+    section sits right after the text and rodata in files Go links)."""
+    try:
+        with path.open("rb") as stream:
+            if stream.read(4) != b"\x7fELF":
+                return False
+            stream.seek(0)
+            chunk = stream.read(32 << 20)
+    except OSError:
+        return False
+    return b"\xff Go buildinf:" in chunk
+
+
+class KeylogProcessor:
+    """Secrets into the key log file; a failed copy becomes a `lost` item."""
+
+    def __init__(self, writer: KeylogWriter) -> None:
+        self.writer = writer
+
+    def feed(self, record: object) -> Sequence[object]:
+        if isinstance(record, KeylogSecret):
+            self.writer.write(record)
+            return ()
+        if isinstance(record, KeylogFailure):
+            log.warning("secret %s of pid %d not copied: %s", record.label, record.pid,
+                        record.reason)
+            return (Lost(0, LossReason.READ_FAULT, 1, 0, pid=record.pid, comm=record.comm),)
+        return ()
+
+    def expire(self, now_ns: int) -> Sequence[object]:
+        return ()
+
+    def flush(self) -> Sequence[object]:
+        return ()
+
+
+def _decode_secret(raw: bytes, _clock: Clock) -> object:
+    return decode_keylog(raw)
+
+
+@register("gotls")
+class GoTlsModule(Module):
+    """Capture TLS plaintext or secrets of Go programs."""
+
+    config_type: ClassVar[type[GlobalConfig]] = GoTlsConfig
+    object_file: ClassVar[str] = "gotls.bpf.o"
+    spare_ring_map: ClassVar[str | None] = "spare_closes"
+    summary: ClassVar[str] = "capture TLS plaintext or keys of Go programs (crypto/tls)"
+
+    def __init__(self, config: GlobalConfig) -> None:
+        if not isinstance(config, GoTlsConfig):
+            raise ConfigError(f"gotls needs a GoTlsConfig, got {type(config).__name__}")
+        super().__init__(config)
+        self.go_config = config
+        self.targets: list[GoTarget] = []
+        self._keylog: KeylogWriter | None = None
+        if config.model is CaptureModel.KEYLOG:
+            # The mode picks the object's part, and so its counters: per instance.
+            self.stats_layout = KEYLOG_STATS  # type: ignore[misc]
+            self.spare_ring_map = None  # type: ignore[misc]
+
+    # ----- command line -----------------------------------------------------------------
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--elfpath", metavar="PATH",
+            help="the Go program to hook; default: every running Go program with crypto/tls",
+        )
+        parser.add_argument(
+            "-m", "--model", default="text", choices=[m.value for m in CaptureModel],
+            help="text = plaintext of crypto/tls reads and writes (default); keylog = "
+            "the TLS secrets into -k FILE (NSS key log format)",
+        )
+        parser.add_argument("-k", "--keylogfile", metavar="FILE",
+                            help="key log file written in -m keylog")
+        parser.add_argument("-w", "--pcapfile", metavar="FILE",
+                            help="pcapng file (for -m pcap; not available yet)")
+        parser.add_argument(
+            "--kernel-call-limit", type=int, default=4 << 20, metavar="BYTES",
+            help="bytes copied per Read/Write in the kernel (default 4 MiB); more is cut, "
+            "flagged 'truncated' and counted",
+        )
+
+    @classmethod
+    def config_from_args(cls, args: argparse.Namespace, common: dict[str, Any]) -> GlobalConfig:
+        return GoTlsConfig(
+            **common, elfpath=args.elfpath, model=CaptureModel(args.model),
+            keylog_file=args.keylogfile, pcap_file=args.pcapfile,
+            kernel_call_limit=args.kernel_call_limit,
+        )
+
+    # ----- lifecycle hooks --------------------------------------------------------------
+
+    def prepare(self) -> None:
+        config = self.go_config
+        if config.elfpath is not None:
+            path = Path(config.elfpath)
+            if not path.exists():
+                raise LibraryNotFound(f"--elfpath {path}: no such file")
+            try:
+                self.targets.append(inspect_go_binary(path))
+            except LibraryNotFound as error:
+                raise LibraryNotFound(f"--elfpath {error}") from None
+        else:
+            if config.pid and not (PROC / str(config.pid)).exists():
+                raise ConfigError(f"-p {config.pid}: no such process")
+            seen: set[tuple[int, int]] = set()
+            for path in running_go_programs(pid=config.pid or None):
+                try:
+                    target = inspect_go_binary(path)
+                except EcaptureError as error:
+                    log.info("not hooking %s: %s", path.resolve(), error)
+                    continue
+                stat = path.stat()
+                if (stat.st_dev, stat.st_ino) not in seen:
+                    seen.add((stat.st_dev, stat.st_ino))
+                    self.targets.append(target)
+            if not self.targets:
+                raise LibraryNotFound("no running Go program with crypto/tls found; "
+                                      "pass --elfpath PATH")
+        for target in self.targets:
+            if config.model is CaptureModel.KEYLOG and target.keylog_entry is None:
+                raise LibraryNotFound(f"{target.path}: no {KEYLOG} to hook for -m keylog")
+            log.info(
+                "%s: %s%s; Write at %#x (%d RETs), Read at %#x (%d RETs)",
+                target.path, target.version, ", stripped: functions from .gopclntab"
+                if target.stripped else "", target.write_entry, len(target.write_returns),
+                target.read_entry, len(target.read_returns),
+                extra={"capture_module": self.name},
+            )
+        if config.model is CaptureModel.KEYLOG and config.keylog_file:
+            self._keylog = KeylogWriter(config.keylog_file, flag="--keylogfile")
+            self._stack.callback(self._keylog.close)
+
+    def bpf_objects(self) -> Sequence[BpfObject]:
+        if self.go_config.model is CaptureModel.KEYLOG:
+            return (BpfObject(self.object_file, (Reader("keys", sized_by_mapsize=False),),
+                              programs=KEYLOG_PROGRAMS),)
+        return (BpfObject(self.object_file, (Reader("events"),), programs=TEXT_PROGRAMS),)
+
+    def probes(self) -> Sequence[ProbeSpec]:
+        specs: list[ProbeSpec] = []
+        for target in self.targets:
+            name = target.path.name
+            if self.go_config.model is CaptureModel.KEYLOG:
+                assert target.keylog_entry is not None
+                specs.append(ProbeSpec("go_write_key_log", target.path, target.keylog_entry,
+                                       label=f"{name}:{KEYLOG}"))
+                continue
+            specs.append(ProbeSpec("go_write_enter", target.path, target.write_entry,
+                                   label=f"{name}:{WRITE}"))
+            specs.append(ProbeSpec("go_read_enter", target.path, target.read_entry,
+                                   label=f"{name}:{READ}"))
+            for offset in target.write_returns:
+                specs.append(ProbeSpec("go_call_return", target.path, offset,
+                                       cookie=COOKIE_WRITE, label=f"{name}:{WRITE} RET"))
+            for offset in target.read_returns:
+                specs.append(ProbeSpec("go_call_return", target.path, offset,
+                                       cookie=COOKIE_READ, label=f"{name}:{READ} RET"))
+        return specs
+
+    def auto_attached_programs(self) -> Sequence[str]:
+        if self.go_config.model is CaptureModel.KEYLOG:
+            return ()
+        return ("go_sock_send", "go_sock_recv", "sock_state")
+
+    def constants(self) -> Mapping[str, int | bytes]:
+        if self.go_config.model is CaptureModel.KEYLOG:
+            return {**super().constants()}
+        return {**super().constants(), "call_limit": self.go_config.kernel_call_limit}
+
+    def decoders(self) -> Mapping[int, Decoder] | None:
+        if self.go_config.model is CaptureModel.KEYLOG:
+            return {RECORD_KEYLOG_SECRET: _decode_secret}
+        return None  # the TLS records: decode_record
+
+    def make_processor(self) -> KeylogProcessor | None:
+        return None if self._keylog is None else KeylogProcessor(self._keylog)
+
+    def make_tracker(self) -> ConnectionTracker | None:
+        return None if self.go_config.model is CaptureModel.KEYLOG else ConnectionTracker()
+
+    def summary_counts(self) -> str:
+        pipeline = self._pipeline
+        if pipeline is None:
+            return ""
+        if self._keylog is not None:
+            return (f"{self._keylog.written} secrets written to {self._keylog.path}, "
+                    f"{self._keylog.duplicates} repeated")
+        counters = pipeline.counters
+        return (f"{counters.data_bytes} payload bytes, {counters.http_exchanges} http exchanges, "
+                f"{counters.connections_closed} connections closed")
+
+
+__all__ = ["GoTlsConfig", "GoTlsModule", "inspect_go_binary", "running_go_programs"]
