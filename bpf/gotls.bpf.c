@@ -9,7 +9,8 @@
  * internal/abi docs "ABI Internal"): integer arguments and results in RAX,
  * RBX, RCX, RDI, RSI, R8, R9, R10, R11; R14 holds the current goroutine (g).
  *
- *   (*Conn).Write(b []byte) (n int, err error)  entry: RAX c, RBX b.ptr, RCX b.len
+ *   (*Conn).Write(b []byte) (n int, err error)  entry: RAX c, RBX b.ptr, RCX b.len;
+ *                                               reported there once its socket is known
  *   (*Conn).Read(b []byte) (n int, err error)   at each RET: RAX n
  *
  * No uretprobes (the kernel's return trampoline would move with a growing
@@ -59,6 +60,18 @@ struct {
 	__type(value, struct go_call);
 } go_calls SEC(".maps");
 
+/* Handshakes in flight, by goroutine: (*Conn).handshakeContext(ctx), RAX c.
+ * Their socket I/O names a connection's fd before its first Read, which may
+ * find its first record already read during the handshake (a Go server
+ * handshakes before it reads: net/http's conn.serve). Apart from go_calls:
+ * Read and Write run the handshake themselves on a new connection. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct go_key);
+	__type(value, struct call_state);
+} go_handshakes SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);	/* secrets come a few per handshake */
@@ -73,11 +86,66 @@ struct {
 
 const struct keylog_event *unused_go_keylog_event __attribute__((unused));
 
+/* One data record (or its chunks) of a call that moved `len` bytes at `buf`. */
+static __always_inline void go_emit(__u64 pid_tgid, const struct call_state *call, __u64 buf,
+				    __u64 len)
+{
+	struct emit_context emit = {};
+	struct conn_state fresh = {};
+	struct tls_data_event *event;
+	struct conn_state *conn;
+	__u32 zero = 0;
+
+	emit.key.pid = pid_tgid >> 32;
+	emit.key.ssl = call->ssl;
+	conn = bpf_map_lookup_elem(&conns, &emit.key);
+	if (!conn) {	/* no socket I/O named the fd yet: a home for its id and losses */
+		fresh.fd = call->fd;
+		fresh.conn_id = new_conn_id();
+		fresh.uid = (__u32)bpf_get_current_uid_gid();
+		bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
+		bpf_map_update_elem(&conns, &emit.key, &fresh, BPF_NOEXIST);
+		conn = bpf_map_lookup_elem(&conns, &emit.key);
+	}
+	event = bpf_map_lookup_elem(&scratch, &zero);
+	/* Cannot happen (a one-entry array); the verifier wants the test. */
+	if (!event)
+		return;
+	fill_header(&event->header, RECORD_TLS_DATA, pid_tgid, call->ssl, conn);
+	event->fd = call->fd >= 0 ? call->fd : (conn ? conn->fd : -1);
+	event->direction = call->direction;
+	event->flags = 0;
+	event->call_id = event->header.timestamp_ns ^ ((__u64)(__u32)pid_tgid << 32);
+	event->call_len = len;
+	if (conn) {
+		event->local = conn->local;
+		event->remote = conn->remote;
+	} else {
+		__builtin_memset(&event->local, 0, sizeof(event->local));
+		__builtin_memset(&event->remote, 0, sizeof(event->remote));
+	}
+	emit.buf = buf;
+	emit.copy_len = len;
+	if (len > call_limit) {
+		emit.copy_len = call_limit;
+		event->flags |= DATA_FLAG_TRUNCATED;
+		stat_add(STAT_TRUNCATED_CALLS, 1);
+		stat_add(STAT_TRUNCATED_BYTES, len - call_limit);
+	}
+	if (emit.copy_len <= MAX_CHUNK_SIZE)
+		emit_chunk(0, &emit);	/* the common case: no bpf_loop call */
+	else
+		bpf_loop((emit.copy_len + MAX_CHUNK_SIZE - 1) / MAX_CHUNK_SIZE, emit_chunk,
+			 &emit, 0);
+}
+
 static __always_inline int go_enter(struct pt_regs *ctx, __u8 direction)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct go_key key = { .pid = pid_tgid >> 32, .g = ctx->r14 };
 	struct go_call fresh = {};
+	struct conn_state *conn;
+	struct conn_key known;
 
 	/* Filtered here so that filtered-out calls cost no map entry. */
 	if (!wanted(pid_tgid))
@@ -87,6 +155,23 @@ static __always_inline int go_enter(struct pt_regs *ctx, __u8 direction)
 	fresh.call.fd = -1;
 	fresh.call.direction = direction;
 	fresh.call.active = 1;
+	if (direction == GO_CALL_WRITE && (__s64)ctx->cx > 0) {
+		/* A Write on a connection whose socket is known is reported here,
+		 * before its bytes leave: reported at its RET, the peer's answer
+		 * (read by another goroutine) could come first. (*Conn).Write
+		 * writes all of b unless the connection fails (crypto/tls
+		 * conn.go: it returns n < len(b) only with an error). */
+		known.pid = key.pid;
+		known._pad = 0;
+		known.ssl = fresh.call.ssl;
+		conn = bpf_map_lookup_elem(&conns, &known);
+		if (conn && conn->sk) {
+			fresh.call.fd = conn->fd;
+			go_emit(pid_tgid, &fresh.call, fresh.call.buf, ctx->cx);
+			bpf_map_delete_elem(&go_calls, &key);	/* nothing left for its RET */
+			return 0;
+		}
+	}
 	if (bpf_probe_read_user(&fresh.stack_lo, 2 * sizeof(__u64), (void *)key.g))
 		fresh.stack_lo = fresh.stack_hi = 0;	/* no adjustment possible */
 	bpf_map_update_elem(&go_calls, &key, &fresh, BPF_ANY);
@@ -105,22 +190,53 @@ int go_read_enter(struct pt_regs *ctx)
 	return go_enter(ctx, GO_CALL_READ);
 }
 
-/* The socket I/O of a goroutine inside Read/Write names the socket. */
+SEC("uprobe")
+int go_handshake_enter(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct go_key key = { .pid = pid_tgid >> 32, .g = ctx->r14 };
+	struct call_state fresh = { .ssl = ctx->ax, .fd = -1, .active = 1,
+				    .direction = CALL_HANDSHAKE };
+
+	/* Filtered out. */
+	if (!wanted(pid_tgid))
+		return 0;
+	bpf_map_update_elem(&go_handshakes, &key, &fresh, BPF_ANY);
+	return 0;
+}
+
+/* At each RET of handshakeContext. */
+SEC("uprobe")
+int go_handshake_return(struct pt_regs *ctx)
+{
+	struct go_key key = { .pid = bpf_get_current_pid_tgid() >> 32, .g = ctx->r14 };
+
+	bpf_map_delete_elem(&go_handshakes, &key);
+	return 0;
+}
+
+/* The socket I/O of a goroutine inside Read/Write or a handshake names the
+ * socket of its connection. */
 static __always_inline int go_socket_io(struct sock *sk)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct go_key key = { .pid = pid_tgid >> 32 };
+	struct call_state *call = NULL;
 	struct go_call *found;
 
 	key.g = BPF_CORE_READ(regs, r14);
 	found = bpf_map_lookup_elem(&go_calls, &key);
+	if (found && found->call.active && !found->call.resolved)
+		call = &found->call;
+	else if (!found)
+		call = bpf_map_lookup_elem(&go_handshakes, &key);
 	/* Not a goroutine inside a traced call, or its socket is known already. */
-	if (!found || !found->call.active || found->call.resolved)
+	if (!call || !call->active || call->resolved)
 		return 0;
-	found->call.resolved = 1;
-	remember_socket(pid_tgid, &found->call, sk);
+	call->resolved = 1;
+	remember_socket(pid_tgid, call, sk);
 	return 0;
 }
 
@@ -136,25 +252,22 @@ int BPF_PROG(go_sock_recv, struct sock *sk, int ret, int flags)
 	return go_socket_io(sk);
 }
 
-/* At a RET of Read (cookie GO_CALL_READ) or Write (GO_CALL_WRITE): n in RAX. */
+/* At a RET of Read (cookie GO_CALL_READ) or Write (GO_CALL_WRITE): n in RAX.
+ * A Write gets here only when its socket was not known at entry (the first
+ * Write of a connection that handshakes inside it). */
 SEC("uprobe")
 int go_call_return(struct pt_regs *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct go_key key = { .pid = pid_tgid >> 32, .g = ctx->r14 };
 	__u64 direction = bpf_get_attach_cookie(ctx);
-	struct emit_context emit = {};
-	struct conn_state fresh = {};
-	struct tls_data_event *event;
-	struct conn_state *conn;
 	struct go_call *found;
 	struct go_call call;
 	__u64 stack[2];
-	__u32 zero = 0;
 	__s64 ret = (__s64)ctx->ax;
 
 	found = bpf_map_lookup_elem(&go_calls, &key);
-	/* Its entry was not seen (running when the probes were attached). */
+	/* Reported at entry, or its entry was not seen (running at attach). */
 	if (!found || !found->call.active)
 		return 0;
 	call = *found;
@@ -170,48 +283,7 @@ int go_call_return(struct pt_regs *ctx)
 	    stack[1] != call.stack_hi && call.call.buf >= call.stack_lo &&
 	    call.call.buf < call.stack_hi)
 		call.call.buf += stack[1] - call.stack_hi;	/* moved with the stack */
-
-	emit.key.pid = pid_tgid >> 32;
-	emit.key.ssl = call.call.ssl;
-	conn = bpf_map_lookup_elem(&conns, &emit.key);
-	if (!conn) {	/* no socket I/O named the fd yet: a home for its id and losses */
-		fresh.fd = call.call.fd;
-		fresh.conn_id = new_conn_id();
-		fresh.uid = (__u32)bpf_get_current_uid_gid();
-		bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
-		bpf_map_update_elem(&conns, &emit.key, &fresh, BPF_NOEXIST);
-		conn = bpf_map_lookup_elem(&conns, &emit.key);
-	}
-	event = bpf_map_lookup_elem(&scratch, &zero);
-	/* Cannot happen (a one-entry array); the verifier wants the test. */
-	if (!event)
-		return 0;
-	fill_header(&event->header, RECORD_TLS_DATA, pid_tgid, call.call.ssl, conn);
-	event->fd = call.call.fd >= 0 ? call.call.fd : (conn ? conn->fd : -1);
-	event->direction = call.call.direction;
-	event->flags = 0;
-	event->call_id = event->header.timestamp_ns ^ ((__u64)(__u32)pid_tgid << 32);
-	event->call_len = ret;
-	if (conn) {
-		event->local = conn->local;
-		event->remote = conn->remote;
-	} else {
-		__builtin_memset(&event->local, 0, sizeof(event->local));
-		__builtin_memset(&event->remote, 0, sizeof(event->remote));
-	}
-	emit.buf = call.call.buf;
-	emit.copy_len = ret;
-	if ((__u64)ret > call_limit) {
-		emit.copy_len = call_limit;
-		event->flags |= DATA_FLAG_TRUNCATED;
-		stat_add(STAT_TRUNCATED_CALLS, 1);
-		stat_add(STAT_TRUNCATED_BYTES, ret - call_limit);
-	}
-	if (emit.copy_len <= MAX_CHUNK_SIZE)
-		emit_chunk(0, &emit);	/* the common case: no bpf_loop call */
-	else
-		bpf_loop((emit.copy_len + MAX_CHUNK_SIZE - 1) / MAX_CHUNK_SIZE, emit_chunk,
-			 &emit, 0);
+	go_emit(pid_tgid, &call.call, call.call.buf, ret);
 	return 0;
 }
 

