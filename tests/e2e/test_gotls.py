@@ -293,3 +293,42 @@ def test_not_go_and_go_without_tls(ecapture: Ecapture, go_binaries: dict[tuple[s
     assert "without crypto/tls" in no_tls and "go1.19" in no_tls
     missing = run_tool(ecapture, MODULE, "--elfpath", str(tmp_path / "nothing")).error_line()
     assert "no such file" in missing
+
+
+def _tshark(*args: str) -> str:
+    done = subprocess.run(["tshark", *args], capture_output=True, text=True, timeout=60,
+                          check=True)
+    return done.stdout
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("toolchain", "variant"), [("go1.19", "static"), ("current", "pie"),
+                                                   ("current", "stripped")])
+def test_go_pcap_decrypts_with_plain_tshark(
+        ecapture: Ecapture, go_binaries: dict[tuple[str, str], Path], tmp_path: Path,
+        toolchain: str, variant: str) -> None:
+    """-m pcap: packets of lo and the secrets in one pcapng; `tshark -r` alone decrypts
+    the HTTP/1.1 and HTTP/2 exchanges of a Go client and a Go server."""
+    if not shutil.which("tshark"):
+        pytest.skip("needs tshark (Debian package tshark)")
+    binary = go_binaries[(toolchain, variant)]
+    output = tmp_path / "go.pcapng"
+    tag = f"{toolchain}-{variant}-{time.monotonic_ns()}"
+    with go_server(binary) as server, capture(
+            ecapture, tmp_path / "run", "--elfpath", str(binary), "-m", "pcap", "-w",
+            str(output), "-i", "lo", module=MODULE) as running:
+        base = f"https://{server.address}"
+        clients = [run_client(binary, f"{base}/echo", proto, f"{proto}-{tag}")
+                   for proto in ("h1", "h2")]
+    result = running.finished()
+    assert result.exit_code == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert (output.stat().st_mode & 0o777) == 0o600
+    rows = _tshark("-r", str(output), "-Y", "http || http2.type == 0", "-T", "fields",
+                   "-e", "http.file_data", "-e", "http2.data.data").splitlines()
+    h1 = [row.split("\t")[0] for row in rows]
+    h2 = [bytes.fromhex(row.split("\t")[1].replace(":", "")).decode(errors="replace")
+          for row in rows if row.split("\t")[1]]
+    for client, texts in zip(clients, (h1, h2), strict=True):
+        assert f"request-body-{client.marker}" in texts, texts
+        assert client.reply in texts, texts

@@ -9,6 +9,9 @@ processing follows.
 
   -m text    crypto/tls.(*Conn).Write at entry and return, (*Conn).Read at return
   -m keylog  crypto/tls.(*Config).writeKeyLog, into the NSS key log (-k)
+  -m pcap    the packets of -i IFACE (bpf/tc.bpf.c, TC clsact) and those secrets,
+             into one pcapng (-w): each new secret a Decryption Secrets Block ahead
+             of the packets that need it, so `tshark -r FILE` decrypts alone
 """
 
 from __future__ import annotations
@@ -21,15 +24,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ecapture.bpf import LoadedObject
+from ecapture.bpf.tc import is_loopback, remove_leftover_filters
 from ecapture.config import CaptureModel, GlobalConfig
 from ecapture.elf.discovery import PROC
 from ecapture.elf.golang import GoBinary, NotGo
 from ecapture.errors import ConfigError, EcaptureError, LibraryNotFound, SymbolNotFound
 from ecapture.events import Clock, LossReason, Lost
 from ecapture.modules.base import Module, ProbeSpec
-from ecapture.modules.parts import BpfObject, Decoder, Reader, StatsLayout
+from ecapture.modules.parts import (
+    AttachStep,
+    BpfObject,
+    Decoder,
+    Reader,
+    SectionAttach,
+    StatsLayout,
+    Undo,
+)
 from ecapture.modules.registry import register
 from ecapture.output.keylog import KeylogWriter
+from ecapture.output.pcapng import PcapngWriter
+from ecapture.packets import RECORD_TC_PACKET, TC_EGRESS, TcPacket, decode_packet
 from ecapture.processor.tracker import ConnectionTracker
 from ecapture.secrets import (
     KEYLOG_STAT_RECORDS,
@@ -54,6 +69,10 @@ TEXT_PROGRAMS = frozenset({"go_write_enter", "go_read_enter", "go_call_return",
                            "go_handshake_enter", "go_handshake_return",
                            "go_sock_send", "go_sock_recv", "sock_state"})
 KEYLOG_PROGRAMS = frozenset({"go_write_key_log"})
+TC_OBJECT = "tc.bpf.o"
+TC_PROGRAMS = frozenset({"ecap_tc_ingress", "ecap_tc_egress"})
+OWNER_PROGRAMS = ("owner_on_send", "owner_on_recv", "owner_on_connect")
+PCAP_HOLD_NS = 200_000_000  # packets wait this long for a late secret
 KEYLOG_STATS = StatsLayout(
     "keylog_stats", {KEYLOG_STAT_RECORDS: "secrets", KEYLOG_STAT_RING_FULL: "lost"},
     records=KEYLOG_STAT_RECORDS, ring_full_records=KEYLOG_STAT_RING_FULL,
@@ -69,14 +88,14 @@ class GoTlsConfig(GlobalConfig):
     keylog_file: str | None = None
     pcap_file: str | None = None
     kernel_call_limit: int = 4 << 20
+    ifname: str = "lo"  # -m pcap: the interface whose packets are written
 
     def __post_init__(self) -> None:
         GlobalConfig.__post_init__(self)
         if self.model is CaptureModel.KEYLOG and not self.keylog_file:
             raise ConfigError("-m keylog needs -k/--keylogfile FILE")
-        if self.model is CaptureModel.PCAP:
-            raise ConfigError("-m pcap is not available for gotls in this version; "
-                              "use -m keylog with your own packet capture")
+        if self.model is CaptureModel.PCAP and not self.pcap_file:
+            raise ConfigError("-m pcap needs -w/--pcapfile FILE")
         if not 0 < self.kernel_call_limit <= MAX_KERNEL_CALL_BYTES:
             raise ConfigError(f"--kernel-call-limit must be in 1..{MAX_KERNEL_CALL_BYTES}, "
                               f"got {self.kernel_call_limit}")
@@ -201,6 +220,73 @@ def _decode_secret(raw: bytes, _clock: Clock) -> object:
     return decode_keylog(raw)
 
 
+@dataclass(frozen=True, slots=True)
+class WallPacket:
+    """A packet and its capture time since the epoch."""
+
+    packet: TcPacket
+    wall_ns: int
+
+
+def _decode_packet(raw: bytes, clock: Clock) -> object:
+    packet = decode_packet(raw)
+    return WallPacket(packet, clock.to_epoch(packet.timestamp_ns))
+
+
+class PcapProcessor:
+    """Packets and secrets into one pcapng. Packets are held PCAP_HOLD_NS so that a
+    secret read a little after them (another ring) is written first."""
+
+    def __init__(self, writer: PcapngWriter, ifname: str, *, loopback: bool) -> None:
+        self.writer = writer
+        self.interface = writer.interface(ifname)
+        self.loopback = loopback
+        self._seen: set[tuple[str, bytes]] = set()
+
+    def feed(self, record: object) -> Sequence[object]:
+        if isinstance(record, WallPacket):
+            packet = record.packet
+            # On loopback each packet crosses egress, then ingress: one copy is it.
+            if self.loopback and packet.direction != TC_EGRESS:
+                return ()
+            self.writer.write_packet(self.interface, record.wall_ns, packet.data,
+                                     packet.length)
+            return ()
+        if isinstance(record, KeylogSecret):
+            key = (record.label, record.client_random)
+            if key not in self._seen:
+                self._seen.add(key)
+                self.writer.write_secrets([record.line()])
+            return ()
+        if isinstance(record, KeylogFailure):
+            log.warning("secret %s of pid %d not copied: %s", record.label, record.pid,
+                        record.reason)
+            return (Lost(0, LossReason.READ_FAULT, 1, 0, pid=record.pid, comm=record.comm),)
+        return ()
+
+    def expire(self, now_ns: int) -> Sequence[object]:
+        self.writer.release(now_ns)
+        return ()
+
+    def flush(self) -> Sequence[object]:
+        self.writer.flush()
+        return ()
+
+
+@dataclass(frozen=True, slots=True)
+class TcAttach:
+    """A TC clsact filter of tc.bpf.o on one interface and direction."""
+
+    program: str
+    interface: str
+    direction: str
+    object: str | None = "tc.bpf.o"
+    label: str = ""
+
+    def attach(self, loaded: LoadedObject, pid: int) -> Undo:
+        return loaded.attach_tc(self.program, self.interface, self.direction)
+
+
 @register("gotls")
 class GoTlsModule(Module):
     """Capture TLS plaintext or secrets of Go programs."""
@@ -217,7 +303,9 @@ class GoTlsModule(Module):
         self.go_config = config
         self.targets: list[GoTarget] = []
         self._keylog: KeylogWriter | None = None
-        if config.model is CaptureModel.KEYLOG:
+        self._pcap: PcapngWriter | None = None
+        self._loopback = False
+        if config.model is not CaptureModel.TEXT:
             # The mode picks the object's part, and so its counters: per instance.
             self.stats_layout = KEYLOG_STATS  # type: ignore[misc]
             self.spare_ring_map = None  # type: ignore[misc]
@@ -238,7 +326,9 @@ class GoTlsModule(Module):
         parser.add_argument("-k", "--keylogfile", metavar="FILE",
                             help="key log file written in -m keylog")
         parser.add_argument("-w", "--pcapfile", metavar="FILE",
-                            help="pcapng file (for -m pcap; not available yet)")
+                            help="pcapng file written in -m pcap (packets and secrets)")
+        parser.add_argument("-i", "--ifname", default="lo", metavar="IFACE",
+                            help="-m pcap: the interface to capture packets on (default lo)")
         parser.add_argument(
             "--kernel-call-limit", type=int, default=4 << 20, metavar="BYTES",
             help="bytes copied per Read/Write in the kernel (default 4 MiB); more is cut, "
@@ -250,7 +340,7 @@ class GoTlsModule(Module):
         return GoTlsConfig(
             **common, elfpath=args.elfpath, model=CaptureModel(args.model),
             keylog_file=args.keylogfile, pcap_file=args.pcapfile,
-            kernel_call_limit=args.kernel_call_limit,
+            kernel_call_limit=args.kernel_call_limit, ifname=args.ifname,
         )
 
     # ----- lifecycle hooks --------------------------------------------------------------
@@ -283,7 +373,7 @@ class GoTlsModule(Module):
                 raise LibraryNotFound("no running Go program with crypto/tls found; "
                                       "pass --elfpath PATH")
         for target in self.targets:
-            if config.model is CaptureModel.KEYLOG and target.keylog_entry is None:
+            if config.model is not CaptureModel.TEXT and target.keylog_entry is None:
                 raise LibraryNotFound(f"{target.path}: no {KEYLOG} to hook for -m keylog")
             log.info(
                 "%s: %s%s; Write at %#x (%d RETs), Read at %#x (%d RETs)",
@@ -295,8 +385,21 @@ class GoTlsModule(Module):
         if config.model is CaptureModel.KEYLOG and config.keylog_file:
             self._keylog = KeylogWriter(config.keylog_file, flag="--keylogfile")
             self._stack.callback(self._keylog.close)
+        if config.model is CaptureModel.PCAP and config.pcap_file:
+            try:
+                self._loopback = is_loopback(config.ifname)
+            except (OSError, EcaptureError) as error:
+                raise ConfigError(f"-i {config.ifname}: no such interface ({error})") from None
+            for removed in remove_leftover_filters(config.ifname, TC_PROGRAMS):
+                log.info("removed a filter a killed run left: %s", removed)
+            self._pcap = PcapngWriter(config.pcap_file, hold_ns=PCAP_HOLD_NS)
+            self._stack.callback(self._pcap.close)
 
     def bpf_objects(self) -> Sequence[BpfObject]:
+        if self.go_config.model is CaptureModel.PCAP:
+            return (BpfObject(self.object_file, (Reader("keys", sized_by_mapsize=False),),
+                              programs=KEYLOG_PROGRAMS),
+                    BpfObject(TC_OBJECT, (Reader("packets"),)))
         if self.go_config.model is CaptureModel.KEYLOG:
             return (BpfObject(self.object_file, (Reader("keys", sized_by_mapsize=False),),
                               programs=KEYLOG_PROGRAMS),)
@@ -306,7 +409,7 @@ class GoTlsModule(Module):
         specs: list[ProbeSpec] = []
         for target in self.targets:
             name = target.path.name
-            if self.go_config.model is CaptureModel.KEYLOG:
+            if self.go_config.model is not CaptureModel.TEXT:
                 assert target.keylog_entry is not None
                 specs.append(ProbeSpec("go_write_key_log", target.path, target.keylog_entry,
                                        label=f"{name}:{KEYLOG}"))
@@ -330,25 +433,38 @@ class GoTlsModule(Module):
         return specs
 
     def auto_attached_programs(self) -> Sequence[str]:
-        if self.go_config.model is CaptureModel.KEYLOG:
+        if self.go_config.model is not CaptureModel.TEXT:
             return ()
         return ("go_sock_send", "go_sock_recv", "sock_state")
 
+    def attach_steps(self) -> Sequence[AttachStep]:
+        steps: list[AttachStep] = list(super().attach_steps())
+        if self.go_config.model is CaptureModel.PCAP:
+            ifname = self.go_config.ifname
+            steps += [SectionAttach(name, object=TC_OBJECT) for name in OWNER_PROGRAMS]
+            steps += [TcAttach("ecap_tc_egress", ifname, "egress"),
+                      TcAttach("ecap_tc_ingress", ifname, "ingress")]
+        return steps
+
     def constants(self) -> Mapping[str, int | bytes]:
-        if self.go_config.model is CaptureModel.KEYLOG:
+        if self.go_config.model is not CaptureModel.TEXT:
             return {**super().constants()}
         return {**super().constants(), "call_limit": self.go_config.kernel_call_limit}
 
     def decoders(self) -> Mapping[int, Decoder] | None:
+        if self.go_config.model is CaptureModel.PCAP:
+            return {RECORD_KEYLOG_SECRET: _decode_secret, RECORD_TC_PACKET: _decode_packet}
         if self.go_config.model is CaptureModel.KEYLOG:
             return {RECORD_KEYLOG_SECRET: _decode_secret}
         return None  # the TLS records: decode_record
 
-    def make_processor(self) -> KeylogProcessor | None:
+    def make_processor(self) -> KeylogProcessor | PcapProcessor | None:
+        if self._pcap is not None:
+            return PcapProcessor(self._pcap, self.go_config.ifname, loopback=self._loopback)
         return None if self._keylog is None else KeylogProcessor(self._keylog)
 
     def make_tracker(self) -> ConnectionTracker | None:
-        return None if self.go_config.model is CaptureModel.KEYLOG else ConnectionTracker()
+        return ConnectionTracker() if self.go_config.model is CaptureModel.TEXT else None
 
     def summary_counts(self) -> str:
         pipeline = self._pipeline
@@ -357,6 +473,9 @@ class GoTlsModule(Module):
         if self._keylog is not None:
             return (f"{self._keylog.written} secrets written to {self._keylog.path}, "
                     f"{self._keylog.duplicates} repeated")
+        if self._pcap is not None:
+            return (f"{self._pcap.packets} packets and {self._pcap.secrets_blocks} secrets "
+                    f"blocks written to {self._pcap.path}")
         counters = pipeline.counters
         return (f"{counters.data_bytes} payload bytes, {counters.http_exchanges} http exchanges, "
                 f"{counters.connections_closed} connections closed")
