@@ -332,3 +332,28 @@ def test_go_pcap_decrypts_with_plain_tshark(
     for client, texts in zip(clients, (h1, h2), strict=True):
         assert f"request-body-{client.marker}" in texts, texts
         assert client.reply in texts, texts
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("by_pid", [False, True], ids=["all", "pid"])
+def test_running_go_program_found_without_elfpath(
+        ecapture: Ecapture, go_binaries: dict[tuple[str, str], Path], tmp_path: Path,
+        by_pid: bool) -> None:
+    """No --elfpath: the running Go programs (by their .go.buildinfo) are hooked; with
+    -p only that process's."""
+    binary = go_binaries[("current", "stripped")]
+    marker = f"found-{time.monotonic_ns()}"
+    with go_server(binary) as server:
+        pid_args = ("-p", str(server.process.pid)) if by_pid else ()
+        with capture(ecapture, tmp_path, *pid_args, module=MODULE) as running:
+            client = run_client(go_binaries[("go1.19", "plain")], f"https://{server.address}"
+                                "/echo", "h1", marker)
+            time.sleep(0.3)
+        result = running.finished()
+    assert_clean_stop(result, {server.process.pid})
+    assert f"/proc/{server.process.pid}/exe: go1.27" in result.stderr or \
+        f"/exe: go1.27" in result.stderr
+    _stream(result.events, server.process.pid, "recv", f"request-body-{marker}".encode())
+    _stream(result.events, server.process.pid, "send", client.reply.encode())
+    # The client's binary was not running when the capture started: not hooked.
+    assert not [e for e in result.events if e.get("pid") == client.pid]

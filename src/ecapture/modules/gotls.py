@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
 from ecapture.bpf import LoadedObject
 from ecapture.bpf.tc import is_loopback, remove_leftover_filters
 from ecapture.config import CaptureModel, GlobalConfig
@@ -180,17 +183,15 @@ def running_go_programs(proc: Path = PROC, pid: int | None = None) -> list[Path]
 
 
 def _has_go_buildinfo(path: Path) -> bool:
-    """True when the file holds Go's build-info magic (in its first 32 MiB: the
-    section sits right after the text and rodata in files Go links)."""
+    """True when the ELF file has a .go.buildinfo section (section headers only)."""
     try:
         with path.open("rb") as stream:
             if stream.read(4) != b"\x7fELF":
                 return False
             stream.seek(0)
-            chunk = stream.read(32 << 20)
-    except OSError:
+            return ELFFile(stream).get_section_by_name(".go.buildinfo") is not None
+    except (OSError, ELFError):
         return False
-    return b"\xff Go buildinf:" in chunk
 
 
 class KeylogProcessor:
