@@ -137,10 +137,10 @@ def inspect_go_binary(path: Path) -> GoTarget:
     try:
         write = binary.function(WRITE)
         read = binary.function(READ)
-    except SymbolNotFound as error:
+    except SymbolNotFound:
         raise LibraryNotFound(
             f"{path}: a Go program ({binary.version}) without crypto/tls "
-            f"({error})") from None
+            f"(no {WRITE} or {READ})") from None
     keylog = binary.function(KEYLOG) if binary.has(KEYLOG) else None
     handshake = binary.function(HANDSHAKE) if binary.has(HANDSHAKE) else None
     handshake_returns = [] if handshake is None else binary.return_addresses(handshake)
