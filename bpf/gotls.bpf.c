@@ -32,9 +32,9 @@
  */
 #include "tls.bpf.c"
 
-/* The kinds this object adds (bpf/events.h: gotls range 40-47) are none:
- * its data and close records are RECORD_TLS_DATA/RECORD_CONN_CLOSE, its
- * secrets RECORD_KEYLOG_SECRET. */
+/* Its data and close records are RECORD_TLS_DATA/RECORD_CONN_CLOSE, its
+ * secrets RECORD_KEYLOG_SECRET; its own: RECORD_GO_UNSEEN (bpf/events.h). */
+const struct go_unseen_event *unused_go_unseen_event __attribute__((unused));
 
 #define GO_CALL_READ 0	/* = DIRECTION_RECV */
 #define GO_CALL_WRITE 1	/* = DIRECTION_SEND */
@@ -168,7 +168,10 @@ static __always_inline int go_enter(struct pt_regs *ctx, __u8 direction)
 		if (conn && conn->sk) {
 			fresh.call.fd = conn->fd;
 			go_emit(pid_tgid, &fresh.call, fresh.call.buf, ctx->cx);
-			bpf_map_delete_elem(&go_calls, &key);	/* nothing left for its RET */
+			/* Inactive: its RET has nothing left to report, and knows
+			 * the call was seen. */
+			fresh.call.active = 0;
+			bpf_map_update_elem(&go_calls, &key, &fresh, BPF_ANY);
 			return 0;
 		}
 	}
@@ -252,6 +255,23 @@ int BPF_PROG(go_sock_recv, struct sock *sk, int ret, int flags)
 	return go_socket_io(sk);
 }
 
+static __always_inline void report_unseen(__u64 pid_tgid, __u64 direction, __s64 ret)
+{
+	struct go_unseen_event unseen = {};
+
+	unseen.kind = RECORD_GO_UNSEEN;
+	unseen.pid = pid_tgid >> 32;
+	unseen.tid = (__u32)pid_tgid;
+	unseen.direction = direction;
+	unseen.timestamp_ns = bpf_ktime_get_ns();
+	unseen.bytes = ret;
+	bpf_get_current_comm(&unseen.comm, sizeof(unseen.comm));
+	if (bpf_ringbuf_output(&events, &unseen, sizeof(unseen), ring_flags(sizeof(unseen))))
+		stat_add(STAT_RING_FULL_RECORDS, 1);	/* counted: reported as ring_full */
+	else
+		stat_add(STAT_RECORDS, 1);
+}
+
 /* At a RET of Read (cookie GO_CALL_READ) or Write (GO_CALL_WRITE): n in RAX.
  * A Write gets here only when its socket was not known at entry (the first
  * Write of a connection that handshakes inside it). */
@@ -267,11 +287,17 @@ int go_call_return(struct pt_regs *ctx)
 	__s64 ret = (__s64)ctx->ax;
 
 	found = bpf_map_lookup_elem(&go_calls, &key);
-	/* Reported at entry, or its entry was not seen (running at attach). */
-	if (!found || !found->call.active)
+	if (!found) {
+		/* Its entry was not seen (running at attach): say what it moved. */
+		if (ret > 0 && wanted(pid_tgid))
+			report_unseen(pid_tgid, direction, ret);
 		return 0;
+	}
 	call = *found;
 	bpf_map_delete_elem(&go_calls, &key);
+	/* A Write reported at its entry. */
+	if (!call.call.active)
+		return 0;
 	/* Not the call this goroutine entered: cannot happen, Read and Write
 	 * do not nest; checked so that a mix-up is never reported as data. */
 	if (call.call.direction != direction)

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -356,3 +357,59 @@ def test_running_go_program_found_without_elfpath(
     _stream(result.events, server.process.pid, "send", client.reply.encode())
     # The client's binary was not running when the capture started: not hooked.
     assert not [e for e in result.events if e.get("pid") == client.pid]
+
+
+IDLE_CLIENT = """
+import socket, ssl, sys
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+raw = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+conn = context.wrap_socket(raw)  # the handshake: the server then waits in Read
+print("connected", flush=True)
+sys.stdin.readline()
+conn.sendall(sys.argv[3].encode())
+reply = b""
+while not reply.endswith(b"bytes"):
+    chunk = conn.recv(65536)
+    if not chunk:
+        break
+    reply += chunk
+print(len(reply), flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_read_running_at_attach_is_reported_lost(
+        ecapture: Ecapture, go_binaries: dict[tuple[str, str], Path], tmp_path: Path) -> None:
+    """A server goroutine already waiting in Read when the probes attach: its return
+    is seen without its entry. Its bytes cannot be captured, and are reported: one
+    `lost` event, reason in_flight, with the request's length; the reply is captured."""
+    binary = go_binaries[("current", "plain")]
+    marker = f"inflight-{time.monotonic_ns()}"
+    request = (f"POST /echo HTTP/1.1\r\nHost: x\r\nX-Marker: {marker}\r\n"
+               "Content-Length: 2\r\nConnection: close\r\n\r\nhi")
+    with go_server(binary) as server:
+        host, port = server.address.rsplit(":", 1)
+        client = subprocess.Popen([sys.executable, "-c", IDLE_CLIENT, host, port, request],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            assert client.stdout is not None and client.stdin is not None
+            assert client.stdout.readline() == b"connected\n"
+            time.sleep(0.3)  # the server's goroutine is in Read now
+            with capture(ecapture, tmp_path, "--elfpath", str(binary),
+                         module=MODULE) as running:
+                client.stdin.write(b"go\n")
+                client.stdin.flush()
+                assert int(client.stdout.readline()) > 0
+                time.sleep(0.3)
+        finally:
+            client.kill()
+            client.wait(timeout=10)
+        result = running.finished()
+    assert result.exit_code == 0, result.stderr
+    lost = [e for e in result.events if e["type"] == "lost" and e["pid"] == server.process.pid]
+    assert [(e["reason"], e["records"], e["bytes"]) for e in lost] == [
+        ("in_flight", 1, len(request))]
+    _stream(result.events, server.process.pid, "send", f"reply-{marker} got 2 bytes".encode())
+    assert "in_flight 1 records/" in result.stderr

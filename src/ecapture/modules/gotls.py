@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,14 @@ from ecapture.bpf.tc import is_loopback, remove_leftover_filters
 from ecapture.config import CaptureModel, GlobalConfig
 from ecapture.elf.discovery import PROC
 from ecapture.elf.golang import GoBinary, NotGo
-from ecapture.errors import ConfigError, EcaptureError, LibraryNotFound, SymbolNotFound
-from ecapture.events import Clock, LossReason, Lost
+from ecapture.errors import (
+    ConfigError,
+    DecodeError,
+    EcaptureError,
+    LibraryNotFound,
+    SymbolNotFound,
+)
+from ecapture.events import Clock, Direction, LossReason, Lost, RecordKind, decode_record
 from ecapture.modules.base import Module, ProbeSpec
 from ecapture.modules.parts import (
     AttachStep,
@@ -208,6 +215,53 @@ class KeylogProcessor:
             log.warning("secret %s of pid %d not copied: %s", record.label, record.pid,
                         record.reason)
             return (Lost(0, LossReason.READ_FAULT, 1, 0, pid=record.pid, comm=record.comm),)
+        return ()
+
+    def expire(self, now_ns: int) -> Sequence[object]:
+        return ()
+
+    def flush(self) -> Sequence[object]:
+        return ()
+
+
+RECORD_GO_UNSEEN = 40  # bpf/events.h struct go_unseen_event
+# kind, pid, tid, direction, timestamp_ns, bytes, comm[16]
+GO_UNSEEN_EVENT = struct.Struct("<4IQQ16s")
+
+
+@dataclass(frozen=True, slots=True)
+class UnseenCall:
+    """A Read/Write that returned n > 0 but began before the probes were attached."""
+
+    pid: int
+    tid: int
+    comm: str
+    direction: Direction
+    timestamp_ns: int
+    nbytes: int
+
+
+def decode_unseen(raw: bytes, clock: Clock) -> UnseenCall:
+    if len(raw) < GO_UNSEEN_EVENT.size:
+        raise DecodeError(f"go_unseen_event of {len(raw)} bytes; expected {GO_UNSEEN_EVENT.size}")
+    kind, pid, tid, direction, timestamp, nbytes, comm = GO_UNSEEN_EVENT.unpack_from(raw)
+    if kind != RECORD_GO_UNSEEN or direction not in (Direction.RECV, Direction.SEND):
+        raise DecodeError(f"not a go_unseen_event (kind {kind}, direction {direction})")
+    return UnseenCall(pid, tid, comm.split(b"\0", 1)[0].decode(errors="replace"),
+                      Direction(direction), clock.to_epoch(timestamp), nbytes)
+
+
+class UnseenProcessor:
+    """Text mode's records besides TLS's: each unseen call is a `lost` item
+    (reason in_flight), with the bytes it moved."""
+
+    def feed(self, record: object) -> Sequence[object]:
+        if isinstance(record, UnseenCall):
+            log.debug("pid %d tid %d: a %s of %d bytes began before the probes", record.pid,
+                      record.tid, "Read" if record.direction is Direction.RECV else "Write",
+                      record.nbytes)
+            return (Lost(record.timestamp_ns, LossReason.IN_FLIGHT, 1, record.nbytes,
+                         pid=record.pid, comm=record.comm),)
         return ()
 
     def expire(self, now_ns: int) -> Sequence[object]:
@@ -457,12 +511,15 @@ class GoTlsModule(Module):
             return {RECORD_KEYLOG_SECRET: _decode_secret, RECORD_TC_PACKET: _decode_packet}
         if self.go_config.model is CaptureModel.KEYLOG:
             return {RECORD_KEYLOG_SECRET: _decode_secret}
-        return None  # the TLS records: decode_record
+        return {RecordKind.TLS_DATA: decode_record, RecordKind.CONN_CLOSE: decode_record,
+                RECORD_GO_UNSEEN: decode_unseen}
 
-    def make_processor(self) -> KeylogProcessor | PcapProcessor | None:
+    def make_processor(self) -> KeylogProcessor | PcapProcessor | UnseenProcessor:
         if self._pcap is not None:
             return PcapProcessor(self._pcap, self.go_config.ifname, loopback=self._loopback)
-        return None if self._keylog is None else KeylogProcessor(self._keylog)
+        if self._keylog is not None:
+            return KeylogProcessor(self._keylog)
+        return UnseenProcessor()
 
     def make_tracker(self) -> ConnectionTracker | None:
         return ConnectionTracker() if self.go_config.model is CaptureModel.TEXT else None
