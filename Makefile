@@ -14,7 +14,7 @@ ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 APT_PACKAGES := clang llvm libbpf-dev bpftool make curl openssl ca-certificates \
 	nginx nghttp2-server nghttp2-client wrk bpftrace bpfcc-tools \
 	android-libboringssl android-boringssl procps gcc binutils util-linux libssl-dev libnghttp2-14 jq \
-	zsh sqlite3 postgresql-client-15 tshark libpcap0.8
+	zsh sqlite3 postgresql-client-15 tshark libpcap0.8 golang-go
 STAMP_APT := $(BUILD)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 STAMP_VENV := $(VENV)/.installed
 
