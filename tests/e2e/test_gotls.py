@@ -188,6 +188,24 @@ def check_exchange(events: list[Event], server: GoServer, client: ClientRun) -> 
         assert exchange["response"]["body"] == client.reply
 
 
+def h2_data(stream: bytes) -> bytes:
+    """The DATA payloads of an HTTP/2 byte stream (RFC 9113 §4.1 frames; a client's
+    stream starts with the preface), concatenated; padding removed."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    offset = len(preface) if stream.startswith(preface) else 0
+    data = bytearray()
+    while offset + 9 <= len(stream):
+        length = int.from_bytes(stream[offset:offset + 3], "big")
+        kind, flags = stream[offset + 3], stream[offset + 4]
+        payload = stream[offset + 9:offset + 9 + length]
+        if kind == 0:  # DATA
+            if flags & 0x8:  # PADDED
+                payload = payload[1:len(payload) - payload[0]]
+            data += payload
+        offset += 9 + length
+    return bytes(data)
+
+
 def _headers(event: Event, side: str) -> list[list[str]]:
     message = event.get(side) or {}
     return [[name.title() if name.islower() else name, value]
@@ -211,13 +229,14 @@ def test_go_https_text(ecapture: Ecapture, go_binaries: dict[tuple[str, str], Pa
         clients = [run_client(binary, f"{base}/echo", "h1", f"h1-{tag}"),
                    run_client(binary, f"{base}/echo", "h2", f"h2-{tag}")]
         big = run_client(binary, f"{base}/big?n={BIG}", "h1", f"big-{tag}")
+        big2 = run_client(binary, f"{base}/big?n={BIG}", "h2", f"big2-{tag}")
         parallel = [(start_client(binary, f"{base}/echo", proto, f"p{index}{proto}-{tag}"),
                      f"p{index}{proto}-{tag}", proto)
                     for index in range(PARALLEL_CLIENTS) for proto in ("h1", "h2")]
         clients += [finish_client(*started) for started in parallel]
         time.sleep(0.3)  # the server's last writes
     result = running.finished()
-    pids = {server.process.pid, big.pid, *(client.pid for client in clients)}
+    pids = {server.process.pid, big.pid, big2.pid, *(client.pid for client in clients)}
     assert_clean_stop(result, pids)
     assert "stripped: functions from .gopclntab" in result.stderr or variant != "stripped"
     for client in clients:
@@ -227,16 +246,26 @@ def test_go_https_text(ecapture: Ecapture, go_binaries: dict[tuple[str, str], Pa
     assert big.body_len == BIG and big.body_sha == hashlib.sha256(body).hexdigest()
     for pid, direction in ((big.pid, "recv"), (server.process.pid, "send")):
         holding = [bytes(s.data) for s in streams(result.events).values()
-                   if s.key.pid == pid and s.key.direction == direction and body in s.data]
+                   if s.key.pid == pid and s.key.direction == direction and body in s.data
+                   and s.data.startswith(b"HTTP/1.1 ")]
         assert len(holding) == 1, (pid, direction)
         head, _, rest = holding[0].partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 OK\r\n") and rest == body
+    # Over HTTP/2: the DATA frames of the response, in the stream's order.
+    assert big2.body_len == BIG and big2.body_sha == big.body_sha
+    server_sent = [s for s in streams(result.events).values()
+                   if s.key.pid == server.process.pid and s.key.direction == "send"
+                   and h2_data(bytes(s.data)) == body]
+    client_got = [s for s in streams(result.events).values()
+                  if s.key.pid == big2.pid and s.key.direction == "recv"]
+    assert len(server_sent) == 1
+    assert [h2_data(bytes(s.data)) for s in client_got] == [body]
     # Every connection ended once: a close per conn_id of the server.
     server_conns = {e["conn_id"] for e in result.events
                     if e["type"] == "data" and e["pid"] == server.process.pid}
     closes = [e["conn_id"] for e in result.events
               if e["type"] == "close" and e["pid"] == server.process.pid]
-    assert len(server_conns) == len(clients) + 1
+    assert len(server_conns) == len(clients) + 2  # and the two big ones
     assert sorted(closes) == sorted(server_conns)
 
 
