@@ -226,6 +226,14 @@ class GoBinary:
     def stripped(self) -> bool:
         return not self._has_symtab
 
+    @property
+    def unsearchable(self) -> str | None:
+        """Why no function can be found in this file (stripped, and a pclntab we do
+        not read), or None."""
+        if self._has_symtab or self._pclntab is not None:
+            return None
+        return f"stripped, and {self._pclntab_error}"
+
     def _load_pclntab(self) -> None:
         with _OpenElf(self.path) as (elf, _stream):
             self._has_symtab = elf.get_section_by_name(".symtab") is not None

@@ -7,7 +7,10 @@ RET of Read/Write probed instead of a uretprobe). Its records are the TLS
 path's (same connection ids and closes), so the same HTTP/1 and HTTP/2
 processing follows.
 
-  -m text    crypto/tls.(*Conn).Write at entry and return, (*Conn).Read at return
+  -m text    crypto/tls.(*Conn).Write at entry (and its RETs while its socket is
+             unknown), (*Conn).Read at its RETs, (*Conn).handshakeContext for the
+             socket before the first Read; a Read/Write running at attach is
+             reported as lost (in_flight) when it returns
   -m keylog  crypto/tls.(*Config).writeKeyLog, into the NSS key log (-k)
   -m pcap    the packets of -i IFACE (bpf/tc.bpf.c, TC clsact) and those secrets,
              into one pcapng (-w): each new secret a Decryption Secrets Block ahead
@@ -141,6 +144,8 @@ def inspect_go_binary(path: Path) -> GoTarget:
     if binary.executable.machine != "EM_X86_64":
         raise LibraryNotFound(f"{path}: {binary.executable.machine} Go binaries are not "
                               "supported (amd64 only)")
+    if binary.unsearchable:
+        raise LibraryNotFound(f"{path}: {binary.version}, {binary.unsearchable}")
     try:
         write = binary.function(WRITE)
         read = binary.function(READ)
