@@ -17,7 +17,8 @@ APT_PACKAGES := clang llvm libbpf-dev bpftool make curl openssl ca-certificates 
 	zsh sqlite3 postgresql-client-15 tshark libpcap0.8 \
 	mariadb-server mariadb-client postgresql \
 	gnutls-bin wget libnss3-tools \
-	chromium chromium-driver
+	chromium chromium-driver \
+	golang-go
 STAMP_APT := $(BUILD)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 STAMP_VENV := $(VENV)/.installed
 
@@ -60,6 +61,8 @@ $(BUILD)/tests/%.bpf.o: tests/bpf/%.bpf.c bpf/events.h $(BUILD)/vmlinux.h
 test-bpf: $(TEST_BPF_OBJECTS)
 
 bpf: $(BPF_OBJECTS)
+# gotls.bpf.c includes tls.bpf.c (the same connection bookkeeping).
+$(OBJDIR)/gotls.bpf.o: bpf/tls.bpf.c
 $(OBJDIR)/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h) $(BUILD)/vmlinux.h
 	@mkdir -p $(OBJDIR)
 	$(CLANG) -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \

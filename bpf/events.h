@@ -340,4 +340,24 @@ enum db_stat_index {
 	DB_STAT_MAX = 8,
 };
 
+
+/* ---- Go crypto/tls (bpf/gotls.bpf.c): its data and closes are the records
+ * above; this one is its own (kinds 40-47). ---- */
+#ifndef ECAPTURE_GOTLS_EVENTS_H
+#define ECAPTURE_GOTLS_EVENTS_H
+
+#define RECORD_GO_UNSEEN 40	/* struct go_unseen_event */
+
+/* A Read or Write returned n > 0 whose entry was never seen (it was running
+ * when the probes were attached): those bytes are not captured, and say so. */
+struct go_unseen_event {
+	__u32 kind;		/* RECORD_GO_UNSEEN */
+	__u32 pid;		/* tgid */
+	__u32 tid;
+	__u32 direction;	/* enum direction */
+	__u64 timestamp_ns;	/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 bytes;		/* what the call returned */
+	char comm[TASK_COMM_LEN];
+};
+
 #endif
