@@ -340,6 +340,7 @@ enum db_stat_index {
 	DB_STAT_MAX = 8,
 };
 
+#endif
 
 /* ---- Go crypto/tls (bpf/gotls.bpf.c): its data and closes are the records
  * above; this one is its own (kinds 40-47). ---- */
