@@ -285,10 +285,16 @@ class Module(abc.ABC):
         """Load every BPF object and attach every step (all or nothing)."""
         if self.state is not ModuleState.INITIALIZED:
             raise EcaptureError(f"module {self.name} started in state {self.state.value}")
+        constants = self.constants()
+        unset = set(constants) - FILTER_CONSTANTS
         for declared in self.bpf_objects():
-            self._load(declared)  # each object's close is on the stack once loaded
+            # each object's close is on the stack once loaded
+            unset -= self._load(declared, constants)
         if not self._objects:
             raise EcaptureError(f"module {self.name} declares no BPF object")
+        if unset:  # a constant no object declares: a typo, or the wrong object
+            raise BpfError(f"module {self.name}: no BPF object has the constant "
+                           f"{', '.join(sorted(unset))}")
         # After the objects: on the way out the attach steps are undone first,
         # while their programs still exist; a failed step below undoes the rest.
         self._stack.callback(self._undo.close)
@@ -311,7 +317,8 @@ class Module(abc.ABC):
             extra={"capture_module": self.name},
         )
 
-    def _load(self, declared: BpfObject) -> None:
+    def _load(self, declared: BpfObject, constants: Mapping[str, int | bytes]) -> set[str]:
+        """Load one object with the constants it declares; returns their names."""
         path = Path(declared.file)
         if not path.is_absolute():
             path = OBJECT_DIR / path
@@ -319,12 +326,14 @@ class Module(abc.ABC):
             raise BpfError(f"BPF object {path} is missing; build it with `make bpf`")
         spec = ObjectSpec.open(path, btf_custom_path=self.config.btf_file)
         try:
-            known = spec.constants()
-            for name, value in self.constants().items():
-                # The base's filters where the object has them; any other
-                # constant must exist (set_constant names the ones it has).
-                if name in known or name not in FILTER_CONSTANTS:
+            # Each constant goes to the objects that declare it (a module's
+            # objects differ: tls.bpf.o has call_limit, tc.bpf.o snaplen);
+            # start() refuses one that no object has.
+            known = set(spec.constants())
+            for name, value in constants.items():
+                if name in known:
                     spec.set_constant(name, value)
+            declared_here = known & set(constants)
             if declared.programs is not None:
                 names = set(spec.program_names())
                 unknown = declared.programs - names
@@ -353,6 +362,7 @@ class Module(abc.ABC):
                 opened = loaded.perf_reader(reader.map, pages_per_cpu=reader.pages_per_cpu)
             self._stack.callback(opened.close)
             self._readers.append(opened)
+        return declared_here
 
     def run(self) -> None:
         """Read and dispatch until stop() is called (close() drains what is left)."""
