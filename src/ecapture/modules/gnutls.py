@@ -30,7 +30,7 @@ from ecapture.config import CaptureModel, GlobalConfig
 from ecapture.elf.gnutls_keylog import GnutlsKeylogHook, find_gnutls_keylog
 from ecapture.errors import ConfigError, EcaptureError, LibraryNotFound
 from ecapture.events import Clock, LossReason, Lost
-from ecapture.modules.base import ProbeSpec
+from ecapture.modules.base import Module, ProbeSpec
 from ecapture.modules.libtls import Hook, LibrarySpec, LibraryTlsModule, check_call_limit
 from ecapture.modules.parts import BpfObject, Decoder, Reader, StatsLayout
 from ecapture.modules.registry import register
@@ -218,6 +218,10 @@ class GnutlsKeylogModule(GnutlsModule):
 
     def auto_attached_programs(self) -> Sequence[str]:
         return ()
+
+    def constants(self) -> dict[str, int | bytes]:
+        # keylog.bpf.o has only the base's filters (no per-call copy limit).
+        return dict(Module.constants(self))
 
     def decoders(self) -> Mapping[int, Decoder] | None:
         def decode(raw: bytes, clock: Clock) -> object:
