@@ -7,10 +7,8 @@
 #ifndef ECAPTURE_DB_H
 #define ECAPTURE_DB_H
 
-/* Written by the loader before load (0 = no filter). */
-const volatile __u32 target_pid = 0;
-const volatile __u32 target_uid = 0;
-const volatile __u8 filter_uid = 0;
+#include "common.h"
+_Static_assert(DB_STAT_MAX <= STATS_ENTRIES, "stats indexes fit the map");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -33,29 +31,6 @@ struct {
 	__type(value, struct db_query_end);
 } end_scratch SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, DB_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} stats SEC(".maps");
-
-static __always_inline void stat_add(__u32 index, __u64 value)
-{
-	__u64 *counter = bpf_map_lookup_elem(&stats, &index);
-
-	if (counter)
-		*counter += value;	/* per-CPU: no atomics needed */
-}
-
-static __always_inline bool wanted(__u64 pid_tgid)
-{
-	if (target_pid && (__u32)(pid_tgid >> 32) != target_pid)
-		return false;
-	if (filter_uid && (__u32)bpf_get_current_uid_gid() != target_uid)
-		return false;
-	return true;
-}
 
 static __always_inline void fill_header(struct db_header *header, __u32 kind, __u64 pid_tgid,
 					__u64 now)

@@ -7,10 +7,8 @@
 #ifndef ECAPTURE_SHELL_H
 #define ECAPTURE_SHELL_H
 
-/* Written by the loader before load (0 = no filter). */
-const volatile __u32 target_pid = 0;
-const volatile __u32 target_uid = 0;
-const volatile __u8 filter_uid = 0;
+#include "common.h"
+_Static_assert(SHELL_STAT_MAX <= STATS_ENTRIES, "stats indexes fit the map");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -38,13 +36,6 @@ struct {
 	__type(value, struct line_tail);
 } tail_scratch SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, SHELL_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} stats SEC(".maps");
-
 /* Processes that read a line interactively: statuses are sent only for
  * them, not for every shell script running on the machine. */
 struct {
@@ -54,22 +45,6 @@ struct {
 	__type(value, __u8);
 } interactive SEC(".maps");
 
-static __always_inline void stat_add(__u32 index, __u64 value)
-{
-	__u64 *counter = bpf_map_lookup_elem(&stats, &index);
-
-	if (counter)
-		*counter += value;	/* per-CPU: no atomics needed */
-}
-
-static __always_inline bool wanted(__u64 pid_tgid)
-{
-	if (target_pid && (__u32)(pid_tgid >> 32) != target_pid)
-		return false;
-	if (filter_uid && (__u32)bpf_get_current_uid_gid() != target_uid)
-		return false;
-	return true;
-}
 
 static __always_inline bool is_interactive(__u64 pid_tgid)
 {

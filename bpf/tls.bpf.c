@@ -31,6 +31,8 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "events.h"
+#include "common.h"
+_Static_assert(STAT_MAX <= STATS_ENTRIES, "stats indexes fit the map");
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -51,11 +53,6 @@ const struct conn_close_event *unused_conn_close_event __attribute__((unused));
 /* A TLS connection's fd is searched for once; past this many fds it stays -1. */
 #define MAX_FD_SCAN 65536
 
-/* Written by the loader before load (0 = no filter): the verifier then
- * prunes the branches a filter does not need. */
-const volatile __u32 target_pid = 0;
-const volatile __u32 target_uid = 0;
-const volatile __u8 filter_uid = 0;
 /* Bytes copied per SSL call at most; the rest is counted and flagged. */
 const volatile __u64 call_limit = 4 << 20;
 /* Force a reader wake-up once this much is pending; otherwise submit
@@ -154,33 +151,9 @@ struct {
 	__type(value, struct tls_data_event);
 } scratch SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} stats SEC(".maps");
-
-static __always_inline void stat_add(__u32 index, __u64 value)
-{
-	__u64 *counter = bpf_map_lookup_elem(&stats, &index);
-
-	if (counter)
-		*counter += value;	/* per-CPU: no atomics needed */
-}
-
 static __always_inline __u64 new_conn_id(void)
 {
 	return __sync_fetch_and_add(&last_conn_id, 1) + 1;
-}
-
-static __always_inline bool wanted(__u64 pid_tgid)
-{
-	if (target_pid && (__u32)(pid_tgid >> 32) != target_pid)
-		return false;
-	if (filter_uid && (__u32)bpf_get_current_uid_gid() != target_uid)
-		return false;
-	return true;
 }
 
 /* Wake the reader only when this record makes the backlog cross
