@@ -6,38 +6,21 @@ change in events.py fails here (after bpf2go's generated mirrors).
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import struct
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from btf_layout import btf_structs as btf_structs_of
+from btf_layout import offsets
 
 from ecapture import events
-
-OBJECT = Path(__file__).resolve().parents[2] / "src/ecapture/objects/tls.bpf.o"
 
 
 @pytest.fixture(scope="module")
 def btf_structs() -> dict[str, dict[str, Any]]:
-    if not OBJECT.is_file():
-        pytest.skip(f"{OBJECT} is not built: run `make bpf`")
-    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
-    if not Path(bpftool).exists():
-        pytest.skip("bpftool is not installed (Debian package bpftool)")
-    dump = subprocess.run(
-        [bpftool, "-j", "btf", "dump", "file", str(OBJECT)],
-        check=True, capture_output=True, timeout=30,
-    )
-    types = json.loads(dump.stdout)["types"]
-    return {t["name"]: t for t in types if t.get("kind") == "STRUCT" and t.get("name")}
-
-
-def offsets(struct_type: dict[str, Any]) -> dict[str, int]:
-    return {m["name"]: m["bits_offset"] // 8 for m in struct_type["members"]}
+    return btf_structs_of("tls.bpf.o")
 
 
 def test_record_header(btf_structs: dict[str, dict[str, Any]]) -> None:

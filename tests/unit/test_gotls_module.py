@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from btf_layout import btf_structs as btf_structs_of
 
 from ecapture.config import CaptureModel
 from ecapture.errors import ConfigError, DecodeError, LibraryNotFound
@@ -80,7 +78,6 @@ def test_probes_of_a_go_binary() -> None:
         ("go_write_key_log", target.keylog_entry)]
 
 
-OBJECT = Path(__file__).resolve().parents[2] / "src/ecapture/objects/gotls.bpf.o"
 
 
 def test_unseen_record_decodes_and_becomes_an_in_flight_loss() -> None:
@@ -98,15 +95,7 @@ def test_unseen_record_decodes_and_becomes_an_in_flight_loss() -> None:
 
 
 def test_unseen_layout_matches_btf() -> None:
-    if not OBJECT.is_file():
-        pytest.skip(f"{OBJECT} is not built: run `make bpf`")
-    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
-    if not Path(bpftool).exists():
-        pytest.skip("bpftool is not installed")
-    dump = subprocess.run([bpftool, "-j", "btf", "dump", "file", str(OBJECT)], check=True,
-                          capture_output=True, timeout=30)
-    types = {t["name"]: t for t in json.loads(dump.stdout)["types"]
-             if t.get("kind") == "STRUCT" and t.get("name")}
+    types = btf_structs_of("gotls.bpf.o")
     unseen = types["go_unseen_event"]
     assert unseen["size"] == GO_UNSEEN_EVENT.size
     assert {m["name"]: m["bits_offset"] // 8 for m in unseen["members"]} == {

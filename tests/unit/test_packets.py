@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
+from btf_layout import btf_structs as btf_structs_of
+from btf_layout import offsets
 
 from ecapture.errors import DecodeError
 from ecapture.packets import RECORD_TC_PACKET, TC_EGRESS, TC_PACKET_HEADER, decode_packet
-
-OBJECT = Path(__file__).resolve().parents[2] / "src/ecapture/objects/tc.bpf.o"
 
 
 def record(data: bytes, *, caplen: int | None = None, kind: int = RECORD_TC_PACKET) -> bytes:
@@ -42,19 +38,7 @@ def test_malformed_records_are_refused(raw: bytes, message: str) -> None:
 
 @pytest.fixture(scope="module")
 def btf_structs() -> dict[str, dict[str, Any]]:
-    if not OBJECT.is_file():
-        pytest.skip(f"{OBJECT} is not built: run `make bpf`")
-    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
-    if not Path(bpftool).exists():
-        pytest.skip("bpftool is not installed (Debian package bpftool)")
-    dump = subprocess.run([bpftool, "-j", "btf", "dump", "file", str(OBJECT)],
-                          check=True, capture_output=True, timeout=30)
-    types = json.loads(dump.stdout)["types"]
-    return {t["name"]: t for t in types if t.get("kind") == "STRUCT" and t.get("name")}
-
-
-def offsets(struct_type: dict[str, Any]) -> dict[str, int]:
-    return {m["name"]: m["bits_offset"] // 8 for m in struct_type["members"]}
+    return btf_structs_of("tc.bpf.o")
 
 
 def test_tc_packet_event_layout(btf_structs: dict[str, dict[str, Any]]) -> None:

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
+from btf_layout import btf_structs as btf_structs_of
 
 from ecapture import secrets
 from ecapture.errors import DecodeError
 from ecapture.events import Clock
 from ecapture.secrets import KEYLOG_EVENT, KeylogFailure, KeylogSecret, decode_keylog
 
-OBJECT = Path(__file__).resolve().parents[1].parent / "src/ecapture/objects/keylog.bpf.o"
 RANDOM = bytes(range(32))
 SECRET = bytes(range(100, 148))
 
@@ -79,17 +75,7 @@ def test_short_or_foreign_records_are_refused() -> None:
 
 @pytest.fixture(scope="module")
 def btf_structs() -> dict[str, dict[str, Any]]:
-    if not OBJECT.is_file():
-        pytest.skip(f"{OBJECT} is not built: run `make bpf`")
-    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
-    if not Path(bpftool).exists():
-        pytest.skip("bpftool is not installed (Debian package bpftool)")
-    dump = subprocess.run(
-        [bpftool, "-j", "btf", "dump", "file", str(OBJECT)],
-        check=True, capture_output=True, timeout=30,
-    )
-    types = json.loads(dump.stdout)["types"]
-    return {t["name"]: t for t in types if t.get("kind") == "STRUCT" and t.get("name")}
+    return btf_structs_of("keylog.bpf.o")
 
 
 def test_keylog_event_layout_matches_btf(btf_structs: dict[str, dict[str, Any]]) -> None:

@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
+from btf_layout import btf_structs as btf_structs_of
+from btf_layout import offsets
 
 from ecapture import db_events
-
-OBJECTS = Path(__file__).resolve().parents[3] / "src/ecapture/objects"
 
 
 @pytest.fixture(scope="module", params=["mysqld.bpf.o", "postgres.bpf.o"])
 def btf_structs(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
-    path = OBJECTS / request.param
-    if not path.is_file():
-        pytest.skip(f"{path} is not built: run `make bpf`")
-    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
-    if not Path(bpftool).exists():
-        pytest.skip("bpftool is not installed (Debian package bpftool)")
-    dump = subprocess.run([bpftool, "-j", "btf", "dump", "file", str(path)],
-                          check=True, capture_output=True, timeout=30)
-    types = json.loads(dump.stdout)["types"]
-    return {t["name"]: t for t in types if t.get("kind") == "STRUCT" and t.get("name")}
-
-
-def offsets(struct_type: dict[str, Any]) -> dict[str, int]:
-    return {m["name"]: m["bits_offset"] // 8 for m in struct_type["members"]}
+    return btf_structs_of(request.param)
 
 
 def test_db_header(btf_structs: dict[str, dict[str, Any]]) -> None:
