@@ -1,4 +1,4 @@
-"""The ctypes mirrors of libbpf's option structs match the C headers byte for byte."""
+"""The ctypes mirrors of libbpf's option and TC structs match the C headers byte for byte."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ecapture.bpf import _libbpf
+from ecapture.bpf import _libbpf, tc
 
 HEADER = Path("/usr/include/bpf/libbpf.h")
 
@@ -37,6 +37,20 @@ int main(void)
 	FIELD(bpf_uprobe_opts, bpf_cookie);
 	FIELD(bpf_uprobe_opts, retprobe);
 	FIELD(bpf_uprobe_opts, func_name);
+	printf("bpf_tc_hook size %zu\n", sizeof(struct bpf_tc_hook));
+	printf("bpf_tc_opts size %zu\n", sizeof(struct bpf_tc_opts));
+	FIELD(bpf_tc_hook, sz);
+	FIELD(bpf_tc_hook, ifindex);
+	FIELD(bpf_tc_hook, attach_point);
+	FIELD(bpf_tc_hook, parent);
+	FIELD(bpf_tc_opts, sz);
+	FIELD(bpf_tc_opts, prog_fd);
+	FIELD(bpf_tc_opts, flags);
+	FIELD(bpf_tc_opts, prog_id);
+	FIELD(bpf_tc_opts, handle);
+	FIELD(bpf_tc_opts, priority);
+	printf("BPF_TC_INGRESS value %d\n", BPF_TC_INGRESS);
+	printf("BPF_TC_EGRESS value %d\n", BPF_TC_EGRESS);
 	return 0;
 }
 """
@@ -62,10 +76,16 @@ def python_layout() -> dict[tuple[str, str], tuple[int, ...]]:
     layout: dict[tuple[str, str], tuple[int, ...]] = {
         ("bpf_object_open_opts", "size"): (ctypes.sizeof(_libbpf.ObjectOpenOptions),),
         ("bpf_uprobe_opts", "size"): (ctypes.sizeof(_libbpf.UprobeOptions),),
+        ("bpf_tc_hook", "size"): (ctypes.sizeof(_libbpf.TcHook),),
+        ("bpf_tc_opts", "size"): (ctypes.sizeof(_libbpf.TcOptions),),
+        ("BPF_TC_INGRESS", "value"): (tc.BPF_TC_INGRESS,),
+        ("BPF_TC_EGRESS", "value"): (tc.BPF_TC_EGRESS,),
     }
     for struct_name, mirror in (
         ("bpf_object_open_opts", _libbpf.ObjectOpenOptions),
         ("bpf_uprobe_opts", _libbpf.UprobeOptions),
+        ("bpf_tc_hook", _libbpf.TcHook),
+        ("bpf_tc_opts", _libbpf.TcOptions),
     ):
         for field, _ctype in mirror._fields_:
             if not field.startswith("_"):
