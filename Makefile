@@ -21,12 +21,15 @@ APT_PACKAGES := clang llvm libbpf-dev bpftool make curl openssl ca-certificates 
 	golang-go
 STAMP_APT := $(BUILD)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 STAMP_VENV := $(VENV)/.installed
+NATIVE_SOURCES := native/Cargo.toml $(wildcard native/Cargo.lock native/build.rs native/src/*.rs native/src/*/*.rs)
+# The Rust core (ecapture._native) is rebuilt in place when its sources change.
+STAMP_NATIVE := $(VENV)/.native
 
-.PHONY: all setup deps venv bpf test-bpf run test unit e2e lint typecheck bench clean
+.PHONY: all setup deps venv native native-test bpf test-bpf run test unit e2e lint typecheck bench clean
 
 all: bpf
 
-setup: deps venv bpf
+setup: deps venv bpf native
 
 deps: $(STAMP_APT)
 $(STAMP_APT):
@@ -40,10 +43,17 @@ $(STAMP_APT):
 	@touch $@
 
 venv: $(STAMP_VENV)
-$(STAMP_VENV): pyproject.toml
+# The editable install builds the Rust core through maturin (pyproject.toml) with the
+# machine's cargo; the BPF objects are built by their own rule (ECAPTURE_BPF_BUILT).
+$(STAMP_VENV): pyproject.toml | bpf
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	ECAPTURE_BPF_BUILT=1 $(VENV)/bin/pip install -q -e '.[dev]'
+	@touch $@ $(STAMP_NATIVE)
+
+native: $(STAMP_NATIVE)
+$(STAMP_NATIVE): $(NATIVE_SOURCES) | $(STAMP_VENV)
+	ECAPTURE_BPF_BUILT=1 VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop -q --release --skip-install
 	@touch $@
 
 # vmlinux.h comes from this kernel's BTF at build time; never committed.
@@ -68,23 +78,28 @@ $(OBJDIR)/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h) $(BUILD)/vmlinux.h
 	$(CLANG) -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \
 		-I$(BUILD) -Ibpf -c $< -o $@
 
-run: deps venv bpf
+run: deps venv bpf native
 	$(VENV)/bin/ecapture tls $(ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
+	cd native && cargo fmt --check && ECAPTURE_BPF_BUILT=1 cargo clippy -q --all-targets -- -D warnings
+
+# The Rust core's own tests (parsers, writer, ring) run without root.
+native-test:
+	cd native && ECAPTURE_BPF_BUILT=1 cargo test -q
 
 typecheck: venv
 	$(VENV)/bin/mypy src
 
-unit: deps venv bpf test-bpf
+unit: deps venv bpf native test-bpf
 	$(VENV)/bin/pytest -q tests/unit
 
-test: deps venv bpf test-bpf lint typecheck
+test: deps venv bpf native test-bpf lint typecheck native-test
 	$(VENV)/bin/pytest -q tests
 
-bench: deps venv bpf
+bench: deps venv bpf native
 	$(VENV)/bin/python -m bench $(ARGS)
 
 clean:
-	rm -rf $(BUILD) $(OBJDIR) dist
+	rm -rf $(BUILD) $(OBJDIR) dist native/target src/ecapture/_native*.so

@@ -1,0 +1,23 @@
+//! ecapture's per-record data path, as the Python extension `ecapture._native`.
+//!
+//! Python keeps the lifecycle, the CLI, ELF work and what is rare; this crate
+//! runs for every record: it reads the BPF ring itself, decodes records,
+//! follows connections, frames HTTP and writes JSON lines (docs/architecture.md#native).
+//! Every parser here reads attacker-controlled bytes inside a root process:
+//! no panics on any input, bounded memory, and a fuzz target each (native/fuzz).
+
+pub mod model;
+
+use pyo3::prelude::*;
+
+/// The version of the data path, so that Python can say which core it runs.
+#[pyfunction]
+fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+#[pymodule]
+fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_function(wrap_pyfunction!(version, module)?)?;
+    Ok(())
+}
