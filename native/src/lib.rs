@@ -7,6 +7,7 @@
 //! no panics on any input, bounded memory, and a fuzz target each (native/fuzz).
 
 pub mod model;
+pub mod py_model;
 
 use pyo3::prelude::*;
 
