@@ -21,6 +21,7 @@ from ecapture.config import (
     DEFAULT_DRAIN_TIMEOUT_S,
     DEFAULT_MAPSIZE_KIB,
     BtfMode,
+    DataPath,
     GlobalConfig,
     OutputFormat,
 )
@@ -67,7 +68,8 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "pid": 0, "uid": None, "hex": False, "tsize": 0, "mapsize": DEFAULT_MAPSIZE_KIB,
     "btf": 0, "btf_file": None, "debug": False, "logaddr": None, "eventaddr": None,
     "format": "text", "har": None, "color": "auto", "nice": 10,
-    "drain_timeout": DEFAULT_DRAIN_TIMEOUT_S, "listen": None, "api_token": None,
+    "drain_timeout": DEFAULT_DRAIN_TIMEOUT_S, "data_path": "auto", "listen": None,
+    "api_token": None,
 }
 API_TOKEN_VARIABLE = "ECAPTURE_API_TOKEN"
 
@@ -118,6 +120,10 @@ def _add_global_flags(parser: argparse.ArgumentParser) -> None:
     add("--drain-timeout", type=float, default=suppress, metavar="SECONDS",
         help="at stop, write out what the ring still holds for at most this long; "
         f"the rest is counted as lost (default {DEFAULT_DRAIN_TIMEOUT_S:g})")
+    add("--data-path", default=suppress, choices=[d.value for d in DataPath],
+        help="who handles each record of a TLS capture written as JSON: native (the "
+        "Rust core reads the ring itself), python (the reference pipeline); default "
+        "auto: native whenever the output is JSON lines only")
     add("--listen", default=suppress, metavar="HOST:PORT",
         help="serve the HTTP API (status, reload, events, live page) here; a port alone "
         "means 127.0.0.1 (default: off)")
@@ -160,6 +166,7 @@ def _common_config(args: argparse.Namespace) -> dict[str, Any]:
         "eventaddr": values["eventaddr"], "output_format": OutputFormat(values["format"]),
         "har_file": values["har"], "color": None if color == "auto" else color == "always",
         "nice": values["nice"], "drain_timeout_s": values["drain_timeout"],
+        "data_path": DataPath(values["data_path"]),
     }
 
 

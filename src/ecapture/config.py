@@ -54,6 +54,14 @@ class ProbePlacement(enum.StrEnum):
     EXPORTED = "exported"
 
 
+class DataPath(enum.StrEnum):
+    """--data-path: who handles each record of a TLS module's JSON output."""
+
+    AUTO = "auto"
+    NATIVE = "native"
+    PYTHON = "python"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GlobalConfig:
     pid: int = 0  # 0 = every process
@@ -74,6 +82,9 @@ class GlobalConfig:
     # (bench, fixed 20k req/s through nginx: p50 268 ms at 0; 12 and 73 ms at 10).
     nice: int = 10
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+    # Which pipeline runs a TLS module with --format json: the Rust core
+    # (native), the Python one (the reference), or native when it can (auto).
+    data_path: DataPath = DataPath.AUTO
 
     def __post_init__(self) -> None:
         if self.pid < 0:

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import socket
-import struct
-
 import pytest
+from records import close, data, fault
 
-from ecapture.events import (
-    CONN_CLOSE_FIELDS,
-    DATA_FLAG_LAST_CHUNK,
-    DATA_FLAG_READ_FAULT,
-    RECORD_HEADER,
-    TLS_DATA_FIELDS,
-    Clock,
-    ConnClose,
-    LossReason,
-    Lost,
-    RecordKind,
-    TlsData,
-)
+from ecapture.events import Clock, ConnClose, LossReason, Lost, TlsData
 from ecapture.output.base import CutCount, OutputItem
 from ecapture.pipeline import Pipeline
 from ecapture.processor.model import HttpExchange, ProcessorItem, Unparsed
 from ecapture.processor.tracker import ConnectionTracker
-
-ADDRESS = struct.pack("<HH16s", socket.AF_INET, 443, socket.inet_aton("127.0.0.1") + bytes(12))
 
 
 class RecordingWriter:
@@ -46,32 +30,6 @@ class RecordingWriter:
 
     def lost(self) -> list[Lost]:
         return [item for item in self.items if isinstance(item, Lost)]
-
-
-SSL = 0x5500AA00
-
-
-def data(payload: bytes, *, direction: int = 1, flags: int = 1, call_len: int | None = None,
-         offset: int = 0, lost: int = 0, conn_id: int = 5, ts: int = 1,
-         data_len: int | None = None) -> bytes:
-    header = RECORD_HEADER.pack(RecordKind.TLS_DATA, 10, 11, 0, ts, conn_id, SSL, 77, b"curl")
-    fields = TLS_DATA_FIELDS.pack(
-        3, direction, flags, 1, len(payload) if call_len is None else call_len, offset,
-        len(payload) if data_len is None else data_len, lost, lost * 100, ADDRESS, ADDRESS,
-    )
-    return header + fields + payload
-
-
-def close(lost: int = 0, conn_id: int = 5, *, ts: int = 2, deferred: bool = False,
-          cause: int = 1) -> bytes:
-    header = RECORD_HEADER.pack(RecordKind.CONN_CLOSE, 10, 11, 0, ts, conn_id, SSL, 77, b"curl")
-    return header + CONN_CLOSE_FIELDS.pack(3, lost, lost * 100, cause, int(deferred))
-
-
-def fault(missing: int, *, conn_id: int = 5, offset: int = 0, ts: int = 1) -> bytes:
-    """A chunk the kernel could not read: no payload, data_len = bytes missing."""
-    return data(b"", flags=DATA_FLAG_READ_FAULT | DATA_FLAG_LAST_CHUNK, call_len=offset + missing,
-                offset=offset, conn_id=conn_id, ts=ts, data_len=missing)
 
 
 def test_data_and_close_reach_every_writer_and_are_flushed() -> None:

@@ -78,8 +78,8 @@ from ecapture.bpf import (
     check_environment,
 )
 from ecapture.bpf.ringpos import RingPositions
-from ecapture.config import GlobalConfig
-from ecapture.errors import BpfError, EcaptureError, SinkError
+from ecapture.config import DataPath, GlobalConfig
+from ecapture.errors import BpfError, ConfigError, EcaptureError, SinkError
 from ecapture.events import TLS_DATA_HEADER_SIZE, LossReason, Lost, decode_record
 from ecapture.modules.parts import (
     AttachStep,
@@ -92,6 +92,7 @@ from ecapture.modules.parts import (
     StatsLayout,
     dispatch_decoder,
 )
+from ecapture.native_path import NativePipeline, json_sink
 from ecapture.output.base import Writer
 from ecapture.output.render import missing_renderers
 from ecapture.pipeline import Pipeline, PipelineCounters
@@ -191,7 +192,9 @@ class Module(abc.ABC):
         self._reader_map: str | None = None  # its map: the drain reads its positions
         self._readers: list[RingReader | PerfReader] = []
         self._undo = ExitStack()  # one undo per attach step
-        self._pipeline: Pipeline | None = None
+        self._pipeline: Pipeline | NativePipeline | None = None
+        # Set when the Rust core reads the first ring itself (native_path.py).
+        self._native: NativePipeline | None = None
         self._kernel_stats: dict[int, int] = {}
         self.links_attached = 0
 
@@ -274,12 +277,36 @@ class Module(abc.ABC):
         check_environment(btf_custom_path=self.config.btf_file)
         self.prepare()
         decoders = self.decoders()
-        self._pipeline = Pipeline(
-            writers, tracker=self.make_tracker(), processor=self.make_processor(),
+        tracker, processor = self.make_tracker(), self.make_processor()
+        self._native = self._native_pipeline(writers, tracker, decoders, processor)
+        self._pipeline = self._native or Pipeline(
+            writers, tracker=tracker, processor=processor,
             decoder=decode_record if decoders is None else dispatch_decoder(decoders),
         )
         self._stack.callback(self._pipeline.finish)
         self.state = ModuleState.INITIALIZED
+
+    def _native_pipeline(
+        self, writers: Sequence[Writer], tracker: ConnectionTracker | None,
+        decoders: Mapping[int, Decoder] | None, processor: RecordProcessor | None,
+    ) -> NativePipeline | None:
+        """The Rust core, when it can stand in for the Python pipeline: TLS
+        records only (no decoders or processor of the module's own), written
+        as JSON lines only; --data-path python (or native) decides."""
+        wanted = self.config.data_path
+        if wanted is DataPath.PYTHON:
+            return None
+        sink = json_sink(writers)
+        why_not = ("the module has its own records" if decoders is not None or processor
+                   is not None else "the output is not JSON lines only" if sink is None
+                   else None)
+        if why_not is not None or sink is None:
+            if wanted is DataPath.NATIVE:
+                raise ConfigError(f"--data-path native: {why_not}; use --format json "
+                                  "without --har, or --data-path auto")
+            return None
+        return NativePipeline(self.name, sink[0], sink[1], tsize=self.config.tsize,
+                              tracker=tracker, nice=self.config.nice)
 
     def start(self) -> None:
         """Load every BPF object and attach every step (all or nothing)."""
@@ -354,6 +381,14 @@ class Module(abc.ABC):
         self._objects[declared.name] = loaded
         for reader in declared.readers:
             opened: RingReader | PerfReader
+            if self._native is not None and self._reader_map is None:
+                if reader.kind is not ReaderKind.RING:
+                    raise BpfError(f"the native data path reads rings only; {reader.map} "
+                                   "is a perf buffer (use --data-path python)")
+                ring_map = loaded.map(reader.map)
+                self._native.attach_ring(ring_map.fd, ring_map.max_entries)
+                self._reader_map = reader.map
+                continue
             if reader.kind is ReaderKind.RING:
                 opened = loaded.ring_reader(reader.map)
                 if self._reader is None:
@@ -367,7 +402,7 @@ class Module(abc.ABC):
     def run(self) -> None:
         """Read and dispatch until stop() is called (close() drains what is left)."""
         pipeline = self._pipeline
-        if not self._readers or pipeline is None:
+        if not (self._readers or self._native) or pipeline is None:
             raise EcaptureError(f"module {self.name} runs before start()")
         next_stats = time.monotonic() + STATS_INTERVAL_S
         try:
@@ -387,6 +422,9 @@ class Module(abc.ABC):
         readers, pipeline = self._readers, self._pipeline
         if pipeline is None:
             return 0
+        if self._native is not None:
+            return self._native_poll(timeout_ms if not readers else 0) + sum(
+                self._handle(reader, reader.poll(0)) for reader in readers)
         if len(readers) == 1:
             return self._handle(readers[0], readers[0].poll(timeout_ms))
         if timeout_ms:
@@ -394,6 +432,17 @@ class Module(abc.ABC):
             # then consume every reader whatever woke us.
             select.select([reader.fileno() for reader in readers], [], [], timeout_ms / 1000)
         return sum(self._handle(reader, reader.poll(0)) for reader in readers)
+
+    def _native_poll(self, timeout_ms: int) -> int:
+        """One slice of the first ring through the Rust core; when the sink
+        fails, that slice was read and never delivered."""
+        native = self._native
+        assert native is not None
+        try:
+            return native.poll(timeout_ms)[0]
+        except SinkError:
+            native.count_undelivered()
+            raise
 
     def _handle(self, reader: RingReader | PerfReader, batch: Polled) -> int:
         """Hand one poll's records on, SLICE_RECORDS at a time."""
@@ -531,6 +580,16 @@ class Module(abc.ABC):
         done_records = done_bytes = 0
         while not self._abort.is_set() and _monotonic() < deadline:
             handled = False
+            if self._native is not None:
+                records, nbytes = self._native.poll(0)
+                if records:
+                    handled = True
+                    done_records += records
+                    done_bytes += nbytes
+                    now = _monotonic()
+                    if now >= next_progress:
+                        next_progress = now + DRAIN_PROGRESS_S
+                        self._log_drain_progress(ring, now - started, done_records, done_bytes)
             for reader in self._readers:
                 batch = reader.poll(0)
                 if not batch:

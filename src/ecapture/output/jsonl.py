@@ -181,6 +181,11 @@ class JsonLinesWriter:
         self._encoder = msgspec.json.Encoder()
         self._closed = False
 
+    @property
+    def sink(self) -> Sink:
+        """Where the lines go (the native path writes its own lines there)."""
+        return self._sink
+
     def write(self, item: object) -> None:
         event: msgspec.Struct | None
         if type(item) is TlsData:  # the hot paths first, then the registry

@@ -16,6 +16,7 @@ conn_id for the same (pid, SSL*) still means the old connection is over.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import NamedTuple
 
 from ecapture.events import ConnClose, Direction, LossReason, Lost, ReadFault, TlsData
 from ecapture.processor.base import ConnectionParser
@@ -71,6 +72,14 @@ def _connection_info(event: TlsData, client_direction: Direction) -> ConnectionI
     )
 
 
+class TrackerLimits(NamedTuple):
+    """What bounds a tracker: the native core (native/src/tracker.rs) takes the same."""
+
+    max_connections: int
+    max_body_bytes: int
+    parse_http: bool
+
+
 class ConnectionTracker:
     """Routes captured TLS plaintext to per-connection HTTP parsers."""
 
@@ -93,6 +102,10 @@ class ConnectionTracker:
 
     def __len__(self) -> int:
         return len(self._connections)
+
+    @property
+    def limits(self) -> TrackerLimits:
+        return TrackerLimits(self._max_connections, self._max_body_bytes, self._parse_http)
 
     def feed(self, event: TlsData) -> list[ProcessorItem]:
         """One captured chunk, in capture order."""

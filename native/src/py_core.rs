@@ -1,0 +1,216 @@
+//! `ecapture._native.TlsCore`: the TLS pipeline (core.rs) for Python, fed
+//! either by the ring it consumes itself (the production path: no Python
+//! per record) or by raw records Python read (tests, other readers).
+//! Every call that works on records releases the GIL.
+
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::core::{Core, CoreConfig};
+use crate::model::{LossReason, Lost};
+use crate::ring::Ring;
+use crate::tracker::TrackerConfig;
+
+/// Records handled by one poll, and their bytes (record headers included).
+type Handled = (u64, u64);
+
+#[pyclass(module = "ecapture._native", unsendable)]
+pub struct TlsCore {
+    core: Core,
+    ring: Option<Ring>,
+}
+
+fn reason(label: &str) -> PyResult<LossReason> {
+    Ok(match label {
+        "ring_full" => LossReason::RingFull,
+        "kernel_limit" => LossReason::KernelLimit,
+        "tsize" => LossReason::Tsize,
+        "queue_full" => LossReason::QueueFull,
+        "parser" => LossReason::Parser,
+        "decode" => LossReason::Decode,
+        "in_flight" => LossReason::InFlight,
+        "read_fault" => LossReason::ReadFault,
+        "evicted" => LossReason::Evicted,
+        "stopped" => LossReason::Stopped,
+        "undelivered" => LossReason::Undelivered,
+        other => return Err(PyValueError::new_err(format!("unknown loss reason {other:?}"))),
+    })
+}
+
+#[pymethods]
+impl TlsCore {
+    /// `max_connections` / `max_body_bytes` / `parse_http` as the Python
+    /// ConnectionTracker takes them; `http=False`: no HTTP processing at all.
+    #[new]
+    #[pyo3(signature = (module, *, tsize, clock_offset_ns, http, max_connections, max_body_bytes, parse_http))]
+    fn new(
+        module: &str,
+        tsize: usize,
+        clock_offset_ns: i64,
+        http: bool,
+        max_connections: usize,
+        max_body_bytes: usize,
+        parse_http: bool,
+    ) -> TlsCore {
+        let tracker = http.then_some(TrackerConfig {
+            max_connections,
+            max_body_bytes,
+            parse_http,
+        });
+        TlsCore {
+            core: Core::new(CoreConfig {
+                module: module.to_string(),
+                tsize,
+                clock_offset_ns,
+                tracker,
+            }),
+            ring: None,
+        }
+    }
+
+    /// Consume this ring map (fd, data size) directly from now on.
+    fn attach_ring(&mut self, map_fd: i32, size: usize) -> PyResult<()> {
+        let ring = Ring::new(map_fd, size)
+            .map_err(|error| PyOSError::new_err(format!("mapping the ring: {error}")))?;
+        self.ring = Some(ring);
+        Ok(())
+    }
+
+    /// Wait up to `timeout_ms` for the attached ring, then handle at most
+    /// `max_records` / about `max_bytes` of it; returns (records, bytes).
+    fn poll(
+        &mut self,
+        py: Python<'_>,
+        timeout_ms: i32,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> PyResult<Handled> {
+        let Self { core, ring } = self;
+        let Some(ring) = ring.as_mut() else {
+            return Err(PyValueError::new_err("no ring attached"));
+        };
+        py.detach(|| {
+            if timeout_ms > 0 && ring.pending_bytes() == 0 {
+                ring.wait(timeout_ms)
+                    .map_err(|error| PyOSError::new_err(format!("waiting on the ring: {error}")))?;
+            }
+            let mut newest = 0u64;
+            let consumed = ring.consume(max_records, max_bytes, |raw| {
+                let timestamp = core.record(raw);
+                if timestamp != 0 {
+                    newest = timestamp;
+                }
+            });
+            // Only a batch that had records counts (pipeline.py: the tick
+            // releases parked closes after a tick with no batch).
+            if consumed.records > 0 {
+                core.end_batch(newest);
+            }
+            Ok((consumed.records as u64, consumed.bytes as u64))
+        })
+    }
+
+    /// Bytes the attached ring holds, not consumed yet.
+    fn pending_bytes(&self) -> u64 {
+        self.ring.as_ref().map_or(0, Ring::pending_bytes)
+    }
+
+    /// Raw records Python read (a batch of the main ring), in order.
+    fn feed(&mut self, py: Python<'_>, records: Vec<Vec<u8>>) -> Handled {
+        let core = &mut self.core;
+        py.detach(|| {
+            let mut newest = 0u64;
+            let mut bytes = 0u64;
+            for raw in &records {
+                bytes += raw.len() as u64;
+                let timestamp = core.record(raw);
+                if timestamp != 0 {
+                    newest = timestamp;
+                }
+            }
+            if !records.is_empty() {
+                core.end_batch(newest);
+            }
+            (records.len() as u64, bytes)
+        })
+    }
+
+    /// Records of the spare ring (deferred closes).
+    fn park(&mut self, records: Vec<Vec<u8>>) {
+        for raw in &records {
+            self.core.park(raw);
+        }
+    }
+
+    fn release_parked(&mut self) {
+        self.core.release_parked(None);
+    }
+
+    fn tick(&mut self) {
+        self.core.tick();
+    }
+
+    /// A loss found outside the records (kernel counters, the drain, the sink).
+    #[pyo3(signature = (timestamp_ns, reason_label, records, nbytes, pid=None, comm=None, conn_id=None, fd=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn report_loss(
+        &mut self,
+        timestamp_ns: u64,
+        reason_label: &str,
+        records: u64,
+        nbytes: u64,
+        pid: Option<u32>,
+        comm: Option<&str>,
+        conn_id: Option<u64>,
+        fd: Option<i32>,
+    ) -> PyResult<()> {
+        self.core.lost(Lost {
+            timestamp_ns,
+            reason: reason(reason_label)?,
+            records,
+            bytes: nbytes,
+            pid,
+            comm: comm.map(Into::into),
+            conn_id,
+            fd,
+        });
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        self.core.finish();
+    }
+
+    /// The JSON lines written since the last call.
+    fn take_output<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let output = self.core.take_output();
+        PyBytes::new(py, &output)
+    }
+
+    fn take_warnings(&mut self) -> Vec<String> {
+        self.core.take_warnings()
+    }
+
+    fn open_connections(&self) -> usize {
+        self.core.open_connections()
+    }
+
+    /// pipeline.py PipelineCounters: records, data_bytes, connections_closed,
+    /// http_exchanges, parser_errors, and (records, bytes) lost by reason label.
+    fn counters<'py>(&self, py: Python<'py>) -> PyResult<(u64, u64, u64, u64, u64, Bound<'py, PyDict>)> {
+        let counters = self.core.counters();
+        let lost = PyDict::new(py);
+        for (reason, totals) in &counters.lost {
+            lost.set_item(reason.label(), (totals.records, totals.bytes))?;
+        }
+        Ok((
+            counters.records,
+            counters.data_bytes,
+            counters.connections_closed,
+            counters.http_exchanges,
+            counters.parser_errors,
+            lost,
+        ))
+    }
+}
