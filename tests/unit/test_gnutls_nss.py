@@ -43,7 +43,7 @@ def test_nss_is_text_only_and_says_why(model: CaptureModel) -> None:
 
 
 def test_gnutls_modes() -> None:
-    with pytest.raises(ConfigError, match="pcap is not available"):
+    with pytest.raises(ConfigError, match="-m pcap needs -w/--pcapfile"):
         GnutlsConfig(model=CaptureModel.PCAP)
     with pytest.raises(ConfigError, match="needs -k/--keylogfile"):
         GnutlsConfig(model=CaptureModel.KEYLOG)

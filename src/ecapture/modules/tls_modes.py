@@ -17,14 +17,22 @@ run left on the interface are removed on start (bpf/tc.py).
 
 Losses: a secret the kernel could not copy whole, and every kernel counter of
 records lost (ring full, copy faults), are `lost` events and in the summary.
+
+What does not depend on the library is here for every module that has such a
+key hook: SecretsMode (-m keylog) and PacketsMode (-m pcap) go before the
+module's own class (`class TlsPcapModule(PacketsMode, TlsKeylogModule)`, and
+modules/gnutls.py's GnutlsPcapModule), which finds the libraries and says which
+probes copy the secrets (key_probes) and what the flags named (key_files).
 """
 
 from __future__ import annotations
 
+import abc
 import logging
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -37,7 +45,7 @@ from ecapture.elf.discovery import system_libssl
 from ecapture.elf.keylog_hook import Convention, KeylogHook, find_keylog_hook
 from ecapture.errors import BpfError, ConfigError, EcaptureError, LibraryNotFound, SinkError
 from ecapture.modules.base import Module
-from ecapture.modules.openssl import OpensslModule
+from ecapture.modules.openssl import DEFAULT_SNAPLEN, OpensslModule
 from ecapture.modules.parts import (
     AttachStep,
     BpfObject,
@@ -137,8 +145,26 @@ def interface_link_type(name: str) -> tuple[int, int]:
     return LINK_TYPES[kind]
 
 
-class TlsKeylogModule(OpensslModule):
-    """`ecapture tls -m keylog`: every TLS secret of OpenSSL and BoringSSL, to a key log."""
+@dataclass(frozen=True, slots=True)
+class KeyFiles:
+    """What a secrets mode writes, from its module's flags: -k FILE, and -m pcap's
+    -w FILE, -i IFACE, filter and -s (interface and pcap_file None: no packets)."""
+
+    keylog_file: str | None = None
+    pcap_file: str | None = None
+    interface: str | None = None
+    pcap_filter: str = ""
+    snaplen: int = DEFAULT_SNAPLEN
+
+
+class SecretsMode(Module):
+    """-m keylog of any library: the secrets keylog.bpf.o copies at the probes
+    key_probes() names, each new one to -k FILE and as a `secret` event.
+
+    A mixin before the library's module class (`class X(SecretsMode, LibModule)`):
+    that class finds the libraries (its prepare()), this one replaces its objects,
+    attach steps, processor and counters; key_files() and key_probes() say what
+    the library's flags and hooks are."""
 
     spare_ring_map: ClassVar[str | None] = None
     stats_map: ClassVar[str | None] = "keylog_stats"
@@ -150,9 +176,16 @@ class TlsKeylogModule(OpensslModule):
 
     def __init__(self, config: GlobalConfig) -> None:
         super().__init__(config)
-        self.keylog_hooks: list[KeylogHook] = []
         self.processor: TlsKeysProcessor | None = None
         self.keylog_writer: KeylogFileWriter | None = None
+
+    @abc.abstractmethod
+    def key_files(self) -> KeyFiles:
+        """The files and interface the user named."""
+
+    @abc.abstractmethod
+    def key_probes(self) -> Sequence[ProbeSpec]:
+        """The uprobes of keylog.bpf.o (object=KEYLOG_OBJECT), computed by prepare()."""
 
     def init(self, writers: Sequence[Writer]) -> None:
         mine = self.file_writers()
@@ -165,51 +198,20 @@ class TlsKeylogModule(OpensslModule):
 
     def file_writers(self) -> list[Writer]:
         """The files this mode writes (opened now: a refused name fails before any probe)."""
-        if self.tls_config.keylog_file is None:
+        path = self.key_files().keylog_file
+        if path is None:
             return []
-        self.keylog_writer = KeylogFileWriter(self.tls_config.keylog_file)
+        self.keylog_writer = KeylogFileWriter(path)
         return [self.keylog_writer]
-
-    def prepare(self) -> None:
-        super().prepare()
-        config = self.tls_config
-        model = config.model.value
-        system = system_libssl()
-        for library in self.libraries:
-            try:
-                hook = find_keylog_hook(library.path)
-            except EcaptureError as error:
-                # The library asked for (--libssl, the system one, -p's) must be
-                # captured whole; another that some running process maps is left
-                # out, said in one warning line (a pip wheel's own OpenSSL...).
-                named = config.libssl is not None or bool(config.pid) or (
-                    system is not None and _same_file(system, library.path))
-                if named:
-                    raise LibraryNotFound(
-                        f"-m {model}: {error}; no secret of it can be captured") from None
-                log.warning("-m %s: not capturing the secrets of %s: %s (pass --libssl to "
-                            "choose the library)", model, library.path, error,
-                            extra={"capture_module": self.name})
-                continue
-            self.keylog_hooks.append(hook)
-            log.info("%s: secrets from %s", library.path, hook.describe(),
-                     extra={"capture_module": self.name})
-        if not self.keylog_hooks:
-            raise LibraryNotFound(f"-m {model}: no library to capture secrets from")
 
     def bpf_objects(self) -> Sequence[BpfObject]:
         return (BpfObject(KEYLOG_OBJECT, (Reader("keys", sized_by_mapsize=False),)),)
 
     def attach_steps(self) -> Sequence[AttachStep]:
-        return [
-            ProbeSpec(PROBE_PROGRAMS[hook.convention], hook.library, hook.file_offset,
-                      label=f"{hook.library.name}:{hook.convention.value}",
-                      cookie=hook.cookie if hook.convention is Convention.LOG_SECRET else 0,
-                      object=KEYLOG_OBJECT)
-            for hook in self.keylog_hooks
-        ]
+        return tuple(self.key_probes())
 
     def constants(self) -> dict[str, int | bytes]:
+        # keylog.bpf.o and tc.bpf.o have the base's filters, not the text mode's call_limit.
         return dict(Module.constants(self))
 
     def decoders(self) -> Mapping[int, Decoder] | None:
@@ -268,9 +270,9 @@ class TlsKeylogModule(OpensslModule):
         return text
 
 
-class TlsPcapModule(TlsKeylogModule):
-    """`ecapture tls -m pcap`: the packets of one interface and the secrets that decrypt
-    them, in one pcapng file."""
+class PacketsMode(SecretsMode):
+    """-m pcap of any library: the packets of one interface (tc.bpf.o) and the
+    secrets that decrypt them, in one pcapng file (and -k FILE when given)."""
 
     stats_layout: ClassVar[StatsLayout | None] = StatsLayout(
         "keylog_stats", {STAT_SECRETS: "secrets submitted", STAT_SECRETS_LOST: "secrets lost",
@@ -288,21 +290,26 @@ class TlsPcapModule(TlsKeylogModule):
         self._owners_map: Map | None = None
         self._owners: dict[int, str] = {}
 
+    def _packet_files(self) -> tuple[KeyFiles, str, str]:
+        files = self.key_files()
+        # Each module's config refuses -m pcap without -w and -i.
+        assert files.interface is not None and files.pcap_file is not None
+        return files, files.interface, files.pcap_file
+
     def file_writers(self) -> list[Writer]:
-        config = self.tls_config
-        assert config.interface is not None and config.pcap_file is not None  # TlsConfig
-        linktype, dlt = interface_link_type(config.interface)
+        files, interface, pcap_file = self._packet_files()
+        linktype, dlt = interface_link_type(interface)
         self.linktype = linktype
-        if config.pcap_filter:
-            self.packet_filter = PacketFilter(config.pcap_filter, linktype=dlt,
-                                              snaplen=config.snaplen, flag="filter")
+        if files.pcap_filter:
+            self.packet_filter = PacketFilter(files.pcap_filter, linktype=dlt,
+                                              snaplen=files.snaplen, flag="filter")
             self._stack.callback(self.packet_filter.close)
-            log.info("filter %r: %d BPF instructions", config.pcap_filter,
+            log.info("filter %r: %d BPF instructions", files.pcap_filter,
                      self.packet_filter.instructions, extra={"capture_module": self.name})
         writers = super().file_writers()
         try:
-            self.pcap_writer = PcapngFileWriter(config.pcap_file, config.interface, linktype,
-                                                config.snaplen, self.owner_comment)
+            self.pcap_writer = PcapngFileWriter(pcap_file, interface, linktype,
+                                                files.snaplen, self.owner_comment)
         except BaseException:
             for writer in writers:
                 writer.close()
@@ -313,8 +320,7 @@ class TlsPcapModule(TlsKeylogModule):
         return (*super().bpf_objects(), BpfObject(TC_OBJECT, (Reader("packets"),)))
 
     def attach_steps(self) -> Sequence[AttachStep]:
-        interface = self.tls_config.interface
-        assert interface is not None
+        _, interface, _ = self._packet_files()
         leftovers = frozenset(TC_PROGRAMS.values())
         return [
             *super().attach_steps(),
@@ -326,13 +332,13 @@ class TlsPcapModule(TlsKeylogModule):
         ]
 
     def constants(self) -> dict[str, int | bytes]:
-        return {**super().constants(), "snaplen": self.tls_config.snaplen}
+        return {**super().constants(), "snaplen": self.key_files().snaplen}
 
     def new_processor(self) -> TlsKeysProcessor:
-        interface = self.tls_config.interface
+        files, interface, _ = self._packet_files()
         return TlsKeysProcessor(
-            packet_filter=self.packet_filter, loopback=bool(interface and is_loopback(interface)),
-            snaplen=self.tls_config.snaplen, kernel_counters=self.loss_counters,
+            packet_filter=self.packet_filter, loopback=is_loopback(interface),
+            snaplen=files.snaplen, kernel_counters=self.loss_counters,
             watched=self.watched, raw_ip=self.linktype == LINKTYPE_RAW,
         )
 
@@ -371,6 +377,60 @@ class TlsPcapModule(TlsKeylogModule):
         return (f"{super().summary_counts()}; {counts.packets} packets to {writer.path} "
                 f"({counts.filtered} left out by the filter, {counts.loopback_copies} loopback "
                 f"copies, {counts.cut} cut), {writer.secrets_blocks} secrets blocks")
+
+
+class TlsKeylogModule(SecretsMode, OpensslModule):
+    """`ecapture tls -m keylog`: every TLS secret of OpenSSL and BoringSSL, to a key log."""
+
+    def __init__(self, config: GlobalConfig) -> None:
+        super().__init__(config)
+        self.keylog_hooks: list[KeylogHook] = []
+
+    def key_files(self) -> KeyFiles:
+        config = self.tls_config
+        return KeyFiles(config.keylog_file, config.pcap_file, config.interface,
+                        config.pcap_filter, config.snaplen)
+
+    def prepare(self) -> None:
+        super().prepare()
+        config = self.tls_config
+        model = config.model.value
+        system = system_libssl()
+        for library in self.libraries:
+            try:
+                hook = find_keylog_hook(library.path)
+            except EcaptureError as error:
+                # The library asked for (--libssl, the system one, -p's) must be
+                # captured whole; another that some running process maps is left
+                # out, said in one warning line (a pip wheel's own OpenSSL...).
+                named = config.libssl is not None or bool(config.pid) or (
+                    system is not None and _same_file(system, library.path))
+                if named:
+                    raise LibraryNotFound(
+                        f"-m {model}: {error}; no secret of it can be captured") from None
+                log.warning("-m %s: not capturing the secrets of %s: %s (pass --libssl to "
+                            "choose the library)", model, library.path, error,
+                            extra={"capture_module": self.name})
+                continue
+            self.keylog_hooks.append(hook)
+            log.info("%s: secrets from %s", library.path, hook.describe(),
+                     extra={"capture_module": self.name})
+        if not self.keylog_hooks:
+            raise LibraryNotFound(f"-m {model}: no library to capture secrets from")
+
+    def key_probes(self) -> Sequence[ProbeSpec]:
+        return [
+            ProbeSpec(PROBE_PROGRAMS[hook.convention], hook.library, hook.file_offset,
+                      label=f"{hook.library.name}:{hook.convention.value}",
+                      cookie=hook.cookie if hook.convention is Convention.LOG_SECRET else 0,
+                      object=KEYLOG_OBJECT)
+            for hook in self.keylog_hooks
+        ]
+
+
+class TlsPcapModule(PacketsMode, TlsKeylogModule):
+    """`ecapture tls -m pcap`: the packets of one interface and the secrets that decrypt
+    them, in one pcapng file."""
 
 
 # -- the files, as writers: a failed write stops the capture like a failed sink --------
