@@ -10,8 +10,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ecapture.bpf import LoadedObject, ObjectSpec
-from ecapture.bpf import _libbpf
+from ecapture.bpf import LoadedObject, ObjectSpec, _libbpf
 from ecapture.bpf.environment import can_trace, effective_capabilities
 
 OBJECT = Path(__file__).resolve().parents[3] / "build" / "tests" / "ring_producer.bpf.o"
