@@ -95,14 +95,14 @@ impl Drop for Mapping {
     }
 }
 
-/// The consumer of one ring buffer map. Only one consumer may exist per map
-/// (in any process): the consumer position is ours to write.
+/// The consumer of one ring buffer map. Only one consumer may read a map at a
+/// time (in any process): the consumer position is its to write. Each batch
+/// starts from the position in the consumer page, so readers may take turns.
 pub struct Ring {
     consumer_page: Mapping,  // read-write: the consumer position at offset 0
     producer_pages: Mapping, // read-only: producer position, then the data twice
     data_offset: usize,      // the data pages' offset in producer_pages (one page)
     size: usize,             // bytes of data (a power of two)
-    consumer: u64,           // our position; what the kernel sees after `publish`
     fd: OwnedFd,             // a dup of the map fd: what `wait` polls
 }
 
@@ -226,17 +226,13 @@ impl Ring {
         size: usize,
         fd: OwnedFd,
     ) -> Ring {
-        let mut ring = Ring {
+        Ring {
             consumer_page,
             producer_pages,
             data_offset: page,
             size,
-            consumer: 0,
             fd,
-        };
-        // Start where the previous consumer (if any) left off.
-        ring.consumer = ring.consumer_pos().load(Ordering::Acquire);
-        ring
+        }
     }
 
     /// A ring over mappings the caller made (tests fake the kernel's layout
@@ -309,7 +305,10 @@ impl Ring {
 
     /// (consumer, producer) positions: byte counters that only grow.
     pub fn positions(&self) -> (u64, u64) {
-        (self.consumer, self.producer_pos().load(Ordering::Acquire))
+        (
+            self.consumer_pos().load(Ordering::Relaxed),
+            self.producer_pos().load(Ordering::Acquire),
+        )
     }
 
     /// Bytes between the consumer and the producer position (the backlog,
@@ -388,7 +387,10 @@ impl Ring {
         }
         let producer = self.producer_pos().load(Ordering::Acquire);
         let mask = (self.size - 1) as u64;
-        let mut position = self.consumer;
+        // Read back, not cached: a reader that consumed before us (libbpf's,
+        // another Ring) hands over where it stopped. Only we write it meanwhile.
+        let start = self.consumer_pos().load(Ordering::Relaxed);
+        let mut position = start;
         let mut corrupt = None;
         while position < producer {
             let offset = (position & mask) as usize;
@@ -431,8 +433,7 @@ impl Ring {
                 break;
             }
         }
-        if position != self.consumer {
-            self.consumer = position;
+        if position != start {
             // One 8-byte release store: the kernel reads this to free the space.
             self.consumer_pos().store(position, Ordering::Release);
         }
@@ -676,6 +677,25 @@ mod tests {
     }
 
     #[test]
+    fn two_consumers_taking_turns_each_start_where_the_other_stopped() {
+        let kernel = FakeKernel::new(1 << 16);
+        let (mut first, mut second) = (kernel.ring(eventfd()), kernel.ring(eventfd()));
+        for seq in 0..6 {
+            kernel.submit(&pattern(seq, 50), false).unwrap();
+        }
+        assert_eq!(
+            collect(&mut first, 2, usize::MAX),
+            [pattern(0, 50), pattern(1, 50)]
+        );
+        assert_eq!(
+            collect(&mut second, 3, usize::MAX),
+            [2, 3, 4].map(|s| pattern(s, 50))
+        );
+        assert_eq!(collect(&mut first, 9, usize::MAX), [pattern(5, 50)]);
+        assert_eq!(second.positions(), first.positions());
+    }
+
+    #[test]
     fn a_busy_record_ends_the_batch_until_it_is_committed() {
         let kernel = FakeKernel::new(1 << 16);
         let mut ring = kernel.ring(eventfd());
@@ -749,7 +769,7 @@ mod tests {
         let size = 1 << 14;
         let kernel = Arc::new(FakeKernel::new(size));
         let mut ring = kernel.ring(eventfd());
-        let total = 20_000u64;
+        let total = 5_000u64;
         let stop = Arc::new(AtomicBool::new(false));
         let producer = {
             let (kernel, stop) = (kernel.clone(), stop.clone());
