@@ -206,29 +206,40 @@ impl RingConsumer {
         Ok(self.ring()?.positions())
     }
 
-    /// Bench: consume and decode in Rust (no Python object per record).
-    /// Returns (records, record bytes, payload bytes of the chunks, decode errors).
-    #[pyo3(signature = (clock_offset, max_records = 16384, max_bytes = 4 << 20))]
+    /// Bench: consume and decode in Rust (no Python object per record); with
+    /// `read_payload`, also read every payload byte (a sum of them), as a stage
+    /// after the decoder would. Returns (records, record bytes, payload bytes
+    /// of the chunks, decode errors, the payload bytes' sum).
+    #[pyo3(signature = (clock_offset, max_records = 16384, max_bytes = 4 << 20, read_payload = false))]
     fn consume_decoded(
         &mut self,
         clock_offset: i64,
         max_records: usize,
         max_bytes: usize,
-    ) -> PyResult<(usize, usize, u64, usize)> {
+        read_payload: bool,
+    ) -> PyResult<(usize, usize, u64, usize, u64)> {
         let mut decoder = Decoder::new(clock_offset);
-        let (mut payload, mut errors) = (0u64, 0usize);
+        let (mut payload, mut errors, mut sum) = (0u64, 0usize, 0u64);
         let consumed = self
             .ring_mut()?
             .consume_until(max_records, max_bytes, |raw| {
                 match decoder.decode(raw) {
-                    Ok(Record::Chunk(chunk)) => payload += chunk.data.len() as u64,
+                    Ok(Record::Chunk(chunk)) => {
+                        payload += chunk.data.len() as u64;
+                        if read_payload {
+                            sum = chunk
+                                .data
+                                .iter()
+                                .fold(sum, |sum, &byte| sum.wrapping_add(u64::from(byte)));
+                        }
+                    }
                     Ok(_) => {}
                     Err(_) => errors += 1,
                 }
                 ControlFlow::Continue(())
             })
             .map_err(os_error)?;
-        Ok((consumed.records, consumed.bytes, payload, errors))
+        Ok((consumed.records, consumed.bytes, payload, errors, sum))
     }
 
     /// Unmap the ring and close its fd; later calls raise ValueError.

@@ -17,7 +17,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 
-#define MAX_RECORD 16384
+#define MAX_RECORD 32768	/* a tls_data_event of 16 KiB payload is 16536 bytes */
 #define PATTERN_SIZE 65536
 #define PATTERN_WINDOW 32768	/* offsets wrap here: a record never reads past the map value */
 #define DISCARD_SIZE 256

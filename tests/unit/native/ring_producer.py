@@ -17,7 +17,7 @@ OBJECT = Path(__file__).resolve().parents[3] / "build" / "tests" / "ring_produce
 # struct produce_args: first, count, size_min, size_span, stride, stamp_at,
 # discard_every, wakeup_flags, produced, discarded, full, bad_size
 ARGS = struct.Struct("<QQ6IQQII")
-MAX_RECORD = 16384
+MAX_RECORD = 32768
 PATTERN_SIZE = 65536
 PATTERN_WINDOW = 32768
 NO_STAMP = MAX_RECORD
