@@ -296,8 +296,9 @@ impl Ring {
 
     fn header_len(&self, offset: usize) -> u32 {
         debug_assert!(offset < self.size && offset % 8 == 0);
-        // SAFETY: `offset < size` (masked) and 8-aligned (positions advance by
-        // multiples of 8), so the u32 lies inside the mapped data pages; the
+        // SAFETY: `offset < size` (masked) and 8-aligned (`consume_until` starts
+        // only from an 8-aligned position and advances by multiples of 8), so
+        // the u32 lies inside the mapped data pages, aligned; the
         // kernel writes it with atomic stores (reserve, then commit/discard).
         unsafe { AtomicU32::from_ptr(self.data().add(offset).cast_mut().cast::<u32>()) }
             .load(Ordering::Acquire)
@@ -390,6 +391,13 @@ impl Ring {
         // Read back, not cached: a reader that consumed before us (libbpf's,
         // another Ring) hands over where it stopped. Only we write it meanwhile.
         let start = self.consumer_pos().load(Ordering::Relaxed);
+        if start % 8 != 0 {
+            // Positions advance by multiples of 8; headers are read as aligned u32.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the ring's consumer position {start} is not 8-aligned"),
+            ));
+        }
         let mut position = start;
         let mut corrupt = None;
         while position < producer {
@@ -418,8 +426,9 @@ impl Ring {
                 continue;
             }
             // SAFETY: the record starts inside the first copy of the data pages
-            // (`offset < size`) and ends before `offset + size + 8 <= 2 * size`
-            // thanks to the second copy: inside the mapping. It is committed
+            // (`offset < size`) and ends by `offset + step < 2 * size` (`step <=
+            // size`, checked above), inside the second copy: inside the mapping,
+            // and contiguous because the kernel maps the data twice. It is committed
             // (acquire load of its header without the busy bit), so the kernel
             // wrote it all before and writes none of it until our consumer
             // position passes it, which happens only after the loop, once this
@@ -745,6 +754,9 @@ mod tests {
         assert_eq!(kernel.consumer().load(Ordering::Relaxed), bad);
         kernel.header(bad).store(100, Ordering::Release); // past the producer position
         assert!(ring.consume(10, usize::MAX, |_| ()).is_err());
+        kernel.consumer().store(bad + 4, Ordering::Relaxed);
+        let error = ring.consume(10, usize::MAX, |_| ()).unwrap_err();
+        assert!(error.to_string().contains("not 8-aligned"), "{error}");
     }
 
     #[test]
