@@ -8,6 +8,9 @@
 
 pub mod model;
 pub mod py_model;
+pub mod py_ring;
+pub mod record;
+pub mod ring;
 
 use pyo3::prelude::*;
 
@@ -20,5 +23,7 @@ fn version() -> &'static str {
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(version, module)?)?;
+    module.add_function(wrap_pyfunction!(py_ring::decode_record, module)?)?;
+    module.add_class::<py_ring::RingConsumer>()?;
     Ok(())
 }
