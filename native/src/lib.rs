@@ -6,7 +6,11 @@
 //! Every parser here reads attacker-controlled bytes inside a root process:
 //! no panics on any input, bounded memory, and a fuzz target each (native/fuzz).
 
+pub mod bodies;
+pub mod jsonl;
 pub mod model;
+pub mod py_input;
+pub mod py_jsonl;
 
 use pyo3::prelude::*;
 
@@ -19,5 +23,6 @@ fn version() -> &'static str {
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(version, module)?)?;
+    py_jsonl::register(module)?;
     Ok(())
 }
