@@ -18,6 +18,9 @@ import pytest
 import zstandard
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from output import factories
+from output.conftest import MemorySink
+from output.test_output_golden import CASES, EXPECTED_CUTS
 
 from ecapture import _native
 from ecapture.events import (
@@ -39,9 +42,6 @@ from ecapture.processor.model import (
     HttpRequest,
     HttpResponse,
 )
-from output import factories
-from output.conftest import MemorySink
-from output.test_output_golden import CASES, EXPECTED_CUTS
 
 U16 = st.integers(0, (1 << 16) - 1)
 U32 = st.integers(0, (1 << 32) - 1)
@@ -49,7 +49,8 @@ U64 = st.integers(0, (1 << 64) - 1)
 I32 = st.integers(-(1 << 31), (1 << 31) - 1)
 
 
-def python_lines(items: list[Any], tsize: int, module: str = "tls") -> tuple[bytes, tuple[int, int]]:
+def python_lines(items: list[Any], tsize: int,
+                 module: str = "tls") -> tuple[bytes, tuple[int, int]]:
     sink = MemorySink()
     writer = JsonLinesWriter(module, sink, tsize=tsize)
     for item in items:
@@ -281,8 +282,9 @@ def test_generated_exchanges(exchange: HttpExchange, tsize: int) -> None:
 
 def _bomb(coding: str) -> bytes:
     zeros = b"\0" * (1 << 20)
-    return {"gzip": gzip.compress(zeros), "deflate": zlib.compress(zeros),
-            "br": brotli.compress(zeros), "zstd": zstandard.ZstdCompressor().compress(zeros)}[coding]
+    compress = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress,
+                "zstd": zstandard.ZstdCompressor().compress}[coding]
+    return compress(zeros)
 
 
 @pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd"])
