@@ -6,11 +6,15 @@
 //! Every parser here reads attacker-controlled bytes inside a root process:
 //! no panics on any input, bounded memory, and a fuzz target each (native/fuzz).
 
+pub mod bodies;
+pub mod jsonl;
 pub mod model;
 pub mod py_model;
 pub mod py_ring;
 pub mod record;
 pub mod ring;
+pub mod py_input;
+pub mod py_jsonl;
 
 use pyo3::prelude::*;
 
@@ -25,5 +29,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(version, module)?)?;
     module.add_function(wrap_pyfunction!(py_ring::decode_record, module)?)?;
     module.add_class::<py_ring::RingConsumer>()?;
+    py_jsonl::register(module)?;
     Ok(())
 }
