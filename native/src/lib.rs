@@ -6,8 +6,12 @@
 //! Every parser here reads attacker-controlled bytes inside a root process:
 //! no panics on any input, bounded memory, and a fuzz target each (native/fuzz).
 
+pub mod http1;
 pub mod model;
 pub mod py_model;
+pub mod py_tracker;
+pub mod sniff;
+pub mod tracker;
 
 use pyo3::prelude::*;
 
@@ -20,5 +24,6 @@ fn version() -> &'static str {
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(version, module)?)?;
+    py_tracker::register(module)?;
     Ok(())
 }
