@@ -7,14 +7,20 @@
 //! no panics on any input, bounded memory, and a fuzz target each (native/fuzz).
 
 pub mod bodies;
+pub mod core;
+pub mod http1;
 pub mod jsonl;
 pub mod model;
-pub mod py_model;
-pub mod py_ring;
-pub mod record;
-pub mod ring;
+pub mod py_core;
 pub mod py_input;
 pub mod py_jsonl;
+pub mod py_model;
+pub mod py_ring;
+pub mod py_tracker;
+pub mod record;
+pub mod ring;
+pub mod sniff;
+pub mod tracker;
 
 use pyo3::prelude::*;
 
@@ -30,5 +36,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(py_ring::decode_record, module)?)?;
     module.add_class::<py_ring::RingConsumer>()?;
     py_jsonl::register(module)?;
+    py_tracker::register(module)?;
     Ok(())
 }
