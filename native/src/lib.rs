@@ -6,7 +6,11 @@
 //! Every parser here reads attacker-controlled bytes inside a root process:
 //! no panics on any input, bounded memory, and a fuzz target each (native/fuzz).
 
+pub mod grpc;
+pub mod hpack;
+pub mod http2;
 pub mod model;
+pub mod py_http2;
 pub mod py_model;
 
 use pyo3::prelude::*;
@@ -20,5 +24,6 @@ fn version() -> &'static str {
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(version, module)?)?;
+    module.add_class::<py_http2::Http2TestParser>()?;
     Ok(())
 }
