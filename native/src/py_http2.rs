@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -81,6 +82,31 @@ fn event(value: &Bound<'_, PyAny>) -> PyResult<Event> {
     })
 }
 
+fn bench_chunk(data: &[u8], timestamp_ns: u64) -> Chunk<'_> {
+    Chunk {
+        timestamp_ns,
+        pid: 1,
+        tid: 1,
+        uid: 0,
+        comm: "bench",
+        conn_id: 1,
+        fd: 3,
+        direction: Direction::Send,
+        call_id: timestamp_ns,
+        call_len: data.len() as u64,
+        offset: 0,
+        data,
+        last_chunk: true,
+        truncated: false,
+        local: None,
+        remote: None,
+        lost_records: 0,
+        lost_bytes: 0,
+        ssl: 0,
+        socket_cookie: None,
+    }
+}
+
 impl Event {
     fn chunk(&self) -> Chunk<'_> {
         Chunk {
@@ -149,6 +175,45 @@ impl Http2TestParser {
     fn set_info(&mut self, info: &Bound<'_, PyAny>) -> PyResult<()> {
         self.parser.set_info(conn_info(info)?);
         Ok(())
+    }
+
+    /// Bench: `rounds` times a new parser over `chunks` ((from_client,
+    /// data) in order) and finish(); the time in Rust alone, in ns, and the
+    /// exchanges of one round.
+    #[staticmethod]
+    fn bench(
+        info: &Bound<'_, PyAny>,
+        chunks: Vec<(bool, Vec<u8>)>,
+        max_body_bytes: usize,
+        rounds: usize,
+    ) -> PyResult<(u64, usize)> {
+        let info = conn_info(info)?;
+        let mut out = Vec::new();
+        let mut exchanges = 0;
+        let started = Instant::now();
+        for round in 0..rounds {
+            let mut parser = Http2Parser::new(info.clone(), max_body_bytes);
+            for (index, (from_client, data)) in chunks.iter().enumerate() {
+                let mut event = bench_chunk(data, index as u64);
+                event.direction = if *from_client {
+                    Direction::Send
+                } else {
+                    Direction::Recv
+                };
+                parser.feed(&event, *from_client, &mut out);
+                if round == 0 {
+                    exchanges += out
+                        .iter()
+                        .filter(|item| matches!(item, Item::Exchange(_)))
+                        .count();
+                }
+                out.clear();
+            }
+            parser.finish(u64::MAX, true, &mut out);
+            out.clear();
+        }
+        let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Ok((elapsed, exchanges))
     }
 
     /// Whether the connection was given up (Python's parser then answers
