@@ -148,8 +148,40 @@ fn inflate_raw(body: &[u8], limit: usize) -> Option<Vec<u8>> {
     read_capped(flate2::bufread::DeflateDecoder::new(body), limit)
 }
 
+/// Brotli through the streaming API: Python's brotli refuses bytes after
+/// the end of the stream, which the `Read` adapter would skip.
 fn unbrotli(body: &[u8], limit: usize) -> Option<Vec<u8>> {
-    read_capped(brotli_decompressor::Decompressor::new(body, 4096), limit)
+    use brotli_decompressor::{BrotliDecompressStream, BrotliResult, BrotliState, StandardAlloc};
+    let mut state = BrotliState::new(
+        StandardAlloc::default(),
+        StandardAlloc::default(),
+        StandardAlloc::default(),
+    );
+    let mut out = Vec::new();
+    let mut buffer = vec![0u8; 16 << 10];
+    let (mut available_in, mut input_offset, mut total_out) = (body.len(), 0usize, 0usize);
+    loop {
+        let (mut available_out, mut output_offset) = (buffer.len(), 0usize);
+        let result = BrotliDecompressStream(
+            &mut available_in,
+            &mut input_offset,
+            body,
+            &mut available_out,
+            &mut output_offset,
+            &mut buffer,
+            &mut total_out,
+            &mut state,
+        );
+        out.extend_from_slice(buffer.get(..output_offset)?);
+        if out.len() > limit {
+            return None;
+        }
+        match result {
+            BrotliResult::NeedsMoreOutput => {}
+            BrotliResult::ResultSuccess => return (available_in == 0).then_some(out),
+            BrotliResult::NeedsMoreInput | BrotliResult::ResultFailure => return None,
+        }
+    }
 }
 
 fn unzstd(body: &[u8], limit: usize) -> Option<Vec<u8>> {

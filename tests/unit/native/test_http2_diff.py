@@ -616,3 +616,60 @@ def test_garbage(chunks: list[tuple[Direction, bytes]], start: bool) -> None:
     if start:
         chunks = [(SEND, PREFACE + _settings()), *chunks]
     compare(feeds(chunks))
+
+
+def _compressed_payloads() -> list[tuple[str, bytes]]:
+    import io
+    import zlib
+
+    import brotli
+    import zstandard
+
+    text = b"hello grpc " * 20
+    raw = zlib.compressobj(wbits=-15)
+    deflated = raw.compress(text) + raw.flush()
+    zstd = zstandard.ZstdCompressor().compress(text)
+    named = io.BytesIO()
+    with gzip.GzipFile("message.bin", "wb", fileobj=named, mtime=7) as file:
+        file.write(text)
+    # FLG.FHCRC set with a header CRC16 (RFC 1952 §2.3.1), then the deflate data
+    plain = gzip.compress(text, mtime=0)
+    header = bytearray(plain[:10])
+    header[3] |= 0x02
+    crc = zlib.crc32(bytes(header)) & 0xFFFF
+    hcrc = bytes(header) + crc.to_bytes(2, "little") + plain[10:]
+    bad_hcrc = bytes(header) + (crc ^ 1).to_bytes(2, "little") + plain[10:]
+    cases = [
+        ("gzip", gzip.compress(text)), ("x-gzip", gzip.compress(text)),
+        ("GZIP", gzip.compress(text)), ("gzip", gzip.compress(text) + gzip.compress(b"2")),
+        ("gzip", gzip.compress(text) + b"\0\0"), ("gzip", gzip.compress(text) + b"junk"),
+        ("gzip", named.getvalue()), ("gzip", hcrc), ("gzip", bad_hcrc),
+        ("gzip", gzip.compress(text)[:-3]), ("gzip", b""), ("gzip", b"not gzip"),
+        ("deflate", zlib.compress(text)), ("deflate", deflated), ("deflate", deflated[:-2]),
+        ("deflate", zlib.compress(text) + b"tail"), ("br", brotli.compress(text)),
+        ("br", brotli.compress(text)[:-2]), ("zstd", zstd), ("zstd", zstd + zstd),
+        ("zstd", zstd[:-2]),
+        ("zstd", zstd + b"junk"), ("br", brotli.compress(text) + b"junk"),
+        ("identity", text), ("snappy", text), ("gzip, identity", gzip.compress(text)),
+        ("identity, gzip", gzip.compress(text)), ("", text),
+    ]
+    return cases
+
+
+@pytest.mark.parametrize(("encoding", "payload"), _compressed_payloads())
+def test_grpc_encodings(encoding: str, payload: bytes) -> None:
+    pair = Pair()
+    grpc = [("content-type", "application/grpc"), ("grpc-encoding", encoding)]
+    pair.client.send_headers(1, request_headers("/svc/Call", "POST", grpc))
+    message = b"\x01" + len(payload).to_bytes(4, "big") + payload
+    _send_body(pair, pair.client, 1, message + b"\x00\x00\x00\x00\x01x", Call(
+        method="POST", path="/", headers=[], request_body=b"", status=200, interim=False,
+        response_body=b"", trailers=False, grpc=True, pad=0, priority=False, reset=False,
+        pieces=1,
+    ), end_stream=True)
+    pair.pump()
+    pair.server.send_headers(1, [(":status", "200"), ("content-type", "application/grpc")],
+                             end_stream=True)
+    pair.pump()
+    (exchange,) = exchanges(compare(feeds(pair.chunks)))
+    assert len(exchange.grpc_request) == 2  # type: ignore[attr-defined]
