@@ -43,6 +43,11 @@ pub const MAX_HEADER_BLOCK: usize = 1 << 20;
 pub const MAX_STREAMS: usize = 4096;
 /// Header blocks remembered per direction (hpack_native.CACHE_ENTRIES).
 pub const CACHE_ENTRIES: usize = 256;
+/// Larger blocks are decoded every time (never seen: real blocks are
+/// well under 1 KiB), so the cache holds at most 256 x 16 KiB; Python's
+/// keeps any size. Invisible in the items: a remembered block decodes to
+/// what it decoded to before.
+pub const CACHE_MAX_BLOCK: usize = 16 << 10;
 /// SETTINGS_HEADER_TABLE_SIZE values not yet acknowledged, per direction.
 pub const MAX_PENDING_SETTINGS: usize = 4096;
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -607,7 +612,7 @@ impl Http2Parser {
         let split = Arc::new(Block::split(&mut self.fields));
         if hpack::changes_table(block) {
             side.cache.clear();
-        } else {
+        } else if block.len() <= CACHE_MAX_BLOCK {
             if side.cache.len() >= CACHE_ENTRIES {
                 side.cache.clear();
             }
