@@ -74,6 +74,11 @@ pub fn split_grpc_messages(body: &[u8], encoding: Option<&[u8]>) -> Vec<GrpcMess
 
 /// Bytes as Python's `decode("latin-1")`.
 pub fn latin1(value: &[u8]) -> String {
+    if value.is_ascii() {
+        if let Ok(text) = std::str::from_utf8(value) {
+            return text.to_owned(); // the common case: one copy
+        }
+    }
     value.iter().map(|&byte| char::from(byte)).collect()
 }
 
@@ -255,6 +260,12 @@ mod tests {
             decode_body(&gzip(&zstd), "zstd, gzip", 100),
             Some(b"zstd!".to_vec())
         );
+    }
+
+    #[test]
+    fn latin1_as_python_decodes_it() {
+        assert_eq!(latin1(b"GET"), "GET");
+        assert_eq!(latin1(b"caf\xe9\xff"), "caf\u{e9}\u{ff}");
     }
 
     #[test]
