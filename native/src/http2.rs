@@ -1094,6 +1094,14 @@ mod tests {
     }
 
     #[test]
+    fn the_parser_may_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Http2Parser>(); // the tracker may hold it in a pyclass
+        let boxed = new_boxed(info(), 10);
+        assert_eq!(boxed.info().conn_id, 9);
+    }
+
+    #[test]
     fn statuses_as_python_reads_them() {
         assert_eq!(interim_status(b"103"), Some(103));
         assert_eq!(interim_status(b"1_2"), Some(12));

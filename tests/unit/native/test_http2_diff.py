@@ -14,6 +14,7 @@ re-cut anywhere, with gaps, truncated chunks and garbage mixed in.
 from __future__ import annotations
 
 import gzip
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ INFO = ConnectionInfo(
     client=Endpoint("127.0.0.1", 40000), server=Endpoint("127.0.0.1", 8443),
 )
 RECORDINGS = ["h2_three_streams", "h2_grpc_unary", "nghttp_nginx_h2"]
+# examples per hypothesis test; raise it for a longer differential run
+EXAMPLES = int(os.environ.get("ECAPTURE_DIFF_EXAMPLES", "150"))
 
 Chunks = Sequence[tuple[Direction, bytes]]
 
@@ -556,7 +559,7 @@ def _recut(chunks: list[tuple[Direction, bytes]], cuts: list[int]) -> list[Feed]
     return out
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     calls_=st.lists(calls, min_size=1, max_size=6),
     seed=st.integers(0, 1 << 16),
@@ -572,7 +575,7 @@ def test_h2_traffic(*, calls_: list[Call], seed: int, table_size: int | None,
     assert exchanges(items)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     calls_=st.lists(calls, min_size=1, max_size=4),
     seed=st.integers(0, 1 << 16),
@@ -605,7 +608,7 @@ def test_h2_traffic_with_damage(calls_: list[Call], seed: int, cuts: list[int],
     compare(feeds_)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=2 * EXAMPLES, deadline=None)
 @given(
     chunks=st.lists(st.tuples(st.sampled_from([SEND, RECV]), st.binary(max_size=64)),
                     max_size=8),
