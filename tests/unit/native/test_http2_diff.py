@@ -676,3 +676,39 @@ def test_grpc_encodings(encoding: str, payload: bytes) -> None:
     pair.pump()
     (exchange,) = exchanges(compare(feeds(pair.chunks)))
     assert len(exchange.grpc_request) == 2  # type: ignore[attr-defined]
+
+
+def _raw_frame(kind: int, flags: int, stream_id: int, body: bytes) -> bytes:
+    return len(body).to_bytes(3, "big") + bytes([kind, flags]) + stream_id.to_bytes(4, "big") + body
+
+
+# bodies that the frame types' checks and HPACK find interesting: real
+# header blocks (static and literal fields, Huffman, size updates), SETTINGS
+# entries, stream ids, or any bytes
+_blocks = st.sampled_from([
+    b"\x82\x84\x87\x41\x01a", b"\x88", b"\x89\x5f\x10application/grpc", b"\x08\x03103",
+    b"\x20\x88", b"\x3f\xe1\x1f\x88", b"\x40\x03x-a\x01b", b"\xbe", b"\x41\x8c\xf1\xe3\xc2\xe5"
+    b"\xf2\x3a\x6b\xa0\xab\x90\xf4\xff", b"\x00\x0ccontent-type\x10application/grpc",
+    b"\x00\x00\x00\x00\x02hi", b"\x00\x01\x00\x01\x00\x00", b"\x00\x05\x00\x01\x00\x00",
+    b"\x00\x01\x00\x00\x00\x00", b"\x00\x00\x00\x02", b"\x00\x00\x00\x03\x00\x00\x00\x00",
+])
+_bodies = st.one_of(_blocks, st.binary(max_size=24),
+                    st.tuples(st.binary(max_size=6), _blocks).map(lambda pair: pair[0] + pair[1]))
+_frames = st.tuples(
+    st.sampled_from([SEND, RECV]),
+    st.one_of(st.integers(0, 10), st.just(0xEE)),
+    st.sampled_from([0, 0x01, 0x04, 0x05, 0x08, 0x0C, 0x20, 0x24, 0x2D, 0xFF]),
+    st.sampled_from([0, 1, 2, 3, 4, 0x80000001]),
+    _bodies,
+)
+
+
+@settings(max_examples=3 * EXAMPLES, deadline=None)
+@given(frames=st.lists(_frames, max_size=12), size=st.sampled_from([None, 1, 5]))
+def test_random_frames(frames: list[tuple[Direction, int, int, int, bytes]],
+                       size: int | None) -> None:
+    """Well-framed frames of any type, flags, stream and body, after a real start."""
+    chunks = [(SEND, PREFACE + _settings()), (RECV, _settings())]
+    chunks += [(direction, _raw_frame(kind, flags, stream_id, body))
+               for direction, kind, flags, stream_id, body in frames]
+    compare(feeds(chunks, size))
