@@ -8,10 +8,14 @@
 
 pub mod bodies;
 pub mod core;
+pub mod grpc;
+pub mod hpack;
 pub mod http1;
+pub mod http2;
 pub mod jsonl;
 pub mod model;
 pub mod py_core;
+pub mod py_http2;
 pub mod py_input;
 pub mod py_jsonl;
 pub mod py_model;
@@ -37,5 +41,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<py_ring::RingConsumer>()?;
     py_jsonl::register(module)?;
     py_tracker::register(module)?;
+    module.add_class::<py_http2::Http2TestParser>()?;
     Ok(())
 }
