@@ -66,7 +66,7 @@ struct DataText {
     pid: u32,
     tid: u32,
     uid: u32,
-    comm: Box<str>,
+    comm: String,
     conn_id: u64,
     fd: i32,
     ssl: u64,
@@ -199,17 +199,20 @@ impl JsonWriter {
             entry => {
                 let start = out.len();
                 put_data_fields(out, chunk);
-                let mut text = match entry.take() {
-                    Some(old) => old.text,
-                    None => Vec::new(),
+                // Reuse the slot's buffers: a miss allocates nothing once warm.
+                let (mut comm, mut text) = match entry.take() {
+                    Some(old) => (old.comm, old.text),
+                    None => (String::new(), Vec::new()),
                 };
+                comm.clear();
+                comm.push_str(chunk.comm);
                 text.clear();
                 text.extend_from_slice(&out[start..]);
                 *entry = Some(DataText {
                     pid: chunk.pid,
                     tid: chunk.tid,
                     uid: chunk.uid,
-                    comm: chunk.comm.into(),
+                    comm,
                     conn_id: chunk.conn_id,
                     fd: chunk.fd,
                     ssl: chunk.ssl,
@@ -936,6 +939,178 @@ fn put_latin1(out: &mut Vec<u8>, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{ConnInfo, HttpExchange, HttpRequest, HttpResponse};
+
+    fn v4(port: u16) -> Option<Endpoint> {
+        Some(Endpoint {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port,
+        })
+    }
+
+    fn head(pairs: &[(&str, &str)]) -> Arc<Headers> {
+        Arc::new(
+            pairs
+                .iter()
+                .map(|(name, value)| (name.as_bytes().to_vec(), value.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
+    /// tests/unit/output/factories.py exchange(), and _wrk_like() of the golden test.
+    fn golden_exchanges() -> [HttpExchange; 2] {
+        let connection = Arc::new(ConnInfo {
+            pid: 4242,
+            comm: Arc::from("curl"),
+            uid: 1000,
+            fd: 5,
+            conn_id: 0x7F00_DEAD_BEEF,
+            client: v4(51234),
+            server: v4(8443),
+        });
+        let plain = HttpExchange {
+            connection,
+            request: Some(HttpRequest {
+                method: "GET".into(),
+                target: "/index.html?q=1&lang=en".into(),
+                authority: Some("example.test".into()),
+                scheme: None,
+                version: "HTTP/1.1".into(),
+                headers: head(&[
+                    ("Host", "example.test"),
+                    ("User-Agent", "curl/7.88.1"),
+                    ("Cookie", "session=abc; theme=dark"),
+                ]),
+                body: Vec::new(),
+                trailers: Vec::new(),
+                body_truncated: false,
+            }),
+            response: Some(HttpResponse {
+                status: 200,
+                reason: "OK".into(),
+                version: "HTTP/1.1".into(),
+                headers: head(&[("Content-Type", "text/plain"), ("Content-Length", "5")]),
+                body: b"hello".to_vec(),
+                trailers: Vec::new(),
+                body_truncated: false,
+                informational: Vec::new(),
+            }),
+            started_ns: 1_700_000_000_123_456_789,
+            finished_ns: 1_700_000_000_123_456_789 + 2_500_000,
+            stream_id: None,
+            grpc_request: Vec::new(),
+            grpc_response: Vec::new(),
+            complete: true,
+        };
+        let mut wrk = plain.clone();
+        if let Some(request) = wrk.request.as_mut() {
+            request.target = "/".into();
+            request.authority = Some("127.0.0.1:8443".into());
+            request.headers = head(&[("Host", "127.0.0.1:8443")]);
+        }
+        if let Some(response) = wrk.response.as_mut() {
+            response.body = b"ok".to_vec();
+            response.headers = head(&[
+                ("Server", "nginx/1.22.1"),
+                ("Date", "Wed, 25 Nov 2026 08:00:00 GMT"),
+                ("Content-Type", "application/octet-stream"),
+                ("Content-Length", "2"),
+                ("Connection", "keep-alive"),
+            ]);
+        }
+        [plain, wrk]
+    }
+
+    #[test]
+    fn exchanges_are_written_as_the_golden_file_pins_them() {
+        let golden = include_str!("../../tests/unit/output/golden/http_exchanges.jsonl");
+        let lines: Vec<&str> = golden.split_inclusive('\n').take(2).collect();
+        let mut writer = JsonWriter::new("tls", 0);
+        for (exchange, line) in golden_exchanges().iter().zip(&lines) {
+            for _ in 0..2 {
+                // the second time from the caches
+                writer.exchange(exchange);
+                assert_eq!(std::str::from_utf8(writer.buffer()).unwrap(), *line);
+                writer.clear();
+            }
+        }
+    }
+
+    fn chunk<'a>(data: &'a [u8], comm: &'a str) -> Chunk<'a> {
+        Chunk {
+            timestamp_ns: 1_700_000_000_123_456_789,
+            pid: 4242,
+            tid: 4243,
+            uid: 1000,
+            comm,
+            conn_id: 0x7F00_DEAD_BEEF,
+            fd: 5,
+            direction: Direction::Send,
+            call_id: 1,
+            call_len: data.len() as u64,
+            offset: 0,
+            data,
+            last_chunk: true,
+            truncated: false,
+            local: v4(51234),
+            remote: v4(8443),
+            lost_records: 0,
+            lost_bytes: 0,
+            ssl: 0x55D0_C0FF_EE00,
+            socket_cookie: Some(4097),
+        }
+    }
+
+    #[test]
+    fn a_data_event_and_its_cuts() {
+        let mut writer = JsonWriter::new("tls", 4);
+        writer.data(&chunk(b"GET / HTTP/1.1", "curl"));
+        assert_eq!(
+            std::str::from_utf8(writer.buffer()).unwrap(),
+            concat!(
+                r#"{"type":"data","module":"tls","ts":1700000000123456789,"pid":4242,"tid":4243,"#,
+                r#""comm":"curl","uid":1000,"fd":5,"conn_id":139641712656111,"#,
+                r#""ssl":94355079556608,"socket_cookie":4097,"direction":"send","#,
+                r#""src":"127.0.0.1:51234","dst":"127.0.0.1:8443","len":14,"offset":0,"#,
+                r#""truncated":true,"payload_b64":"R0VUIA=="}"#,
+                "\n"
+            )
+        );
+        assert_eq!(writer.cut(), (1, 10));
+        writer.data(&chunk(b"GET", "curl"));
+        assert_eq!(writer.cut(), (1, 10));
+    }
+
+    #[test]
+    fn cached_fields_never_carry_over_to_another_chunk() {
+        let base = chunk(b"x", "curl");
+        let mut variants = vec![base.clone()];
+        let mut changed = base.clone();
+        changed.fd = 6;
+        variants.push(changed);
+        let mut changed = base.clone();
+        changed.comm = "curm";
+        variants.push(changed);
+        let mut changed = base.clone();
+        changed.direction = Direction::Recv;
+        variants.push(changed);
+        let mut changed = base.clone();
+        changed.remote = v4(8444);
+        variants.push(changed);
+        let mut changed = base.clone();
+        changed.socket_cookie = None;
+        variants.push(changed);
+        let fresh = |chunk: &Chunk<'_>| {
+            let mut writer = JsonWriter::new("tls", 0);
+            writer.data(chunk);
+            writer.take()
+        };
+        let mut writer = JsonWriter::new("tls", 0);
+        for chunk in variants.iter().chain(variants.iter().rev()) {
+            writer.data(chunk);
+            assert_eq!(writer.take(), fresh(chunk));
+        }
+    }
 
     fn escaped(text: &str) -> String {
         let mut out = Vec::new();
