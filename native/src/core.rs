@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use crate::jsonl::JsonWriter;
 use crate::model::{Chunk, Close, Fault, Item, LossReason, Lost};
-use crate::record::{decode, Record};
-use crate::tracker::{Tracker, TrackerConfig};
+use crate::record::{Decoder, Record};
+use crate::tracker::{Tracker, TrackerOptions};
 
 /// Decode errors logged by the Python side at most this many times.
 const MAX_WARNINGS: usize = 16;
@@ -42,7 +42,7 @@ pub struct CoreConfig {
     pub module: String,
     pub tsize: usize,
     pub clock_offset_ns: i64,
-    pub tracker: Option<TrackerConfig>, // None: no HTTP processing
+    pub tracker: Option<TrackerOptions>, // None: no HTTP processing
 }
 
 /// A close the main ring could not take: held, as its record's bytes, until
@@ -55,7 +55,7 @@ struct Parked {
 pub struct Core {
     writer: JsonWriter,
     tracker: Option<Tracker>,
-    clock_offset_ns: i64,
+    decoder: Decoder,
     counters: Counters,
     parked: Vec<Parked>,
     batches: u64,
@@ -70,8 +70,10 @@ impl Core {
     pub fn new(config: CoreConfig) -> Core {
         Core {
             writer: JsonWriter::new(&config.module, config.tsize),
-            tracker: config.tracker.map(Tracker::new),
-            clock_offset_ns: config.clock_offset_ns,
+            tracker: config
+                .tracker
+                .map(|options| Tracker::new(options, Some(crate::http2::new_boxed))),
+            decoder: Decoder::new(config.clock_offset_ns),
             counters: Counters::default(),
             parked: Vec::new(),
             batches: 0,
@@ -115,7 +117,16 @@ impl Core {
     /// One record of the main ring. Returns its timestamp when it orders
     /// the parked closes (data, close or fault), else 0.
     pub fn record(&mut self, raw: &[u8]) -> u64 {
-        let record = match decode(raw, self.clock_offset_ns) {
+        // The record borrows the decoder (a comm that needed replacement
+        // characters lives there): taken out of self while it is handled.
+        let mut decoder = std::mem::take(&mut self.decoder);
+        let timestamp = self.decoded(&mut decoder, raw);
+        self.decoder = decoder;
+        timestamp
+    }
+
+    fn decoded(&mut self, decoder: &mut Decoder, raw: &[u8]) -> u64 {
+        let record = match decoder.decode(raw) {
             Ok(record) => record,
             Err(error) => {
                 self.warn(format!("undecodable record: {error}"));
@@ -134,7 +145,7 @@ impl Core {
         };
         self.counters.records += 1;
         match record {
-            Record::Data(chunk) => {
+            Record::Chunk(chunk) => {
                 let timestamp = chunk.timestamp_ns;
                 self.data(&chunk);
                 timestamp
@@ -170,20 +181,27 @@ impl Core {
 
     /// A record of the spare ring (closes deferred by a full main ring).
     pub fn park(&mut self, raw: &[u8]) {
-        match decode(raw, self.clock_offset_ns) {
-            Ok(Record::Close(close)) => {
+        let mut decoder = std::mem::take(&mut self.decoder);
+        let timestamp = match decoder.decode(raw) {
+            Ok(Record::Close(close)) => Ok(close.timestamp_ns),
+            Ok(_) => Err(None),
+            Err(error) => Err(Some(error)),
+        };
+        self.decoder = decoder;
+        match timestamp {
+            Ok(timestamp_ns) => {
                 self.counters.records += 1;
                 self.parked.push(Parked {
-                    timestamp_ns: close.timestamp_ns,
+                    timestamp_ns,
                     raw: raw.to_vec(),
                 });
             }
-            Ok(_) => {
+            Err(None) => {
                 self.counters.records += 1;
                 self.warn("unexpected record in the spare ring".to_string());
                 self.decode_lost(raw.len());
             }
-            Err(error) => {
+            Err(Some(error)) => {
                 self.warn(format!("undecodable record in the spare ring: {error}"));
                 self.decode_lost(raw.len());
             }
@@ -213,8 +231,9 @@ impl Core {
             .into_iter()
             .partition(|close| newer_than.is_none_or(|newest| close.timestamp_ns < newest));
         self.parked = kept;
+        let mut decoder = std::mem::take(&mut self.decoder);
         for parked in released {
-            let Ok(Record::Close(close)) = decode(&parked.raw, self.clock_offset_ns) else {
+            let Ok(Record::Close(close)) = decoder.decode(&parked.raw) else {
                 continue; // decoded once already when parked
             };
             self.lost(Lost {
@@ -229,6 +248,7 @@ impl Core {
             });
             self.close(&close);
         }
+        self.decoder = decoder;
     }
 
     fn data(&mut self, chunk: &Chunk<'_>) {

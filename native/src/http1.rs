@@ -428,15 +428,57 @@ fn lenient_head(head: &[u8], is_request: bool) -> Option<Head> {
 // only it accepts (see the top). Its grammar, from llhttp's http.ts and
 // url.ts, checked against httptools by tests/unit/native/test_http1_diff.py.
 const LLHTTP_HTTP_METHODS: [&[u8]; 35] = [
-    b"DELETE", b"GET", b"HEAD", b"POST", b"PUT", b"CONNECT", b"OPTIONS", b"TRACE", b"COPY",
-    b"LOCK", b"MKCOL", b"MOVE", b"PROPFIND", b"PROPPATCH", b"SEARCH", b"UNLOCK", b"BIND",
-    b"REBIND", b"UNBIND", b"ACL", b"REPORT", b"MKACTIVITY", b"CHECKOUT", b"MERGE", b"M-SEARCH",
-    b"NOTIFY", b"SUBSCRIBE", b"UNSUBSCRIBE", b"PATCH", b"PURGE", b"MKCALENDAR", b"LINK",
-    b"UNLINK", b"SOURCE", b"QUERY",
+    b"DELETE",
+    b"GET",
+    b"HEAD",
+    b"POST",
+    b"PUT",
+    b"CONNECT",
+    b"OPTIONS",
+    b"TRACE",
+    b"COPY",
+    b"LOCK",
+    b"MKCOL",
+    b"MOVE",
+    b"PROPFIND",
+    b"PROPPATCH",
+    b"SEARCH",
+    b"UNLOCK",
+    b"BIND",
+    b"REBIND",
+    b"UNBIND",
+    b"ACL",
+    b"REPORT",
+    b"MKACTIVITY",
+    b"CHECKOUT",
+    b"MERGE",
+    b"M-SEARCH",
+    b"NOTIFY",
+    b"SUBSCRIBE",
+    b"UNSUBSCRIBE",
+    b"PATCH",
+    b"PURGE",
+    b"MKCALENDAR",
+    b"LINK",
+    b"UNLINK",
+    b"SOURCE",
+    b"QUERY",
 ];
 const LLHTTP_RTSP_METHODS: [&[u8]; 14] = [
-    b"GET", b"POST", b"OPTIONS", b"DESCRIBE", b"ANNOUNCE", b"SETUP", b"PLAY", b"PAUSE",
-    b"TEARDOWN", b"GET_PARAMETER", b"SET_PARAMETER", b"REDIRECT", b"RECORD", b"FLUSH",
+    b"GET",
+    b"POST",
+    b"OPTIONS",
+    b"DESCRIBE",
+    b"ANNOUNCE",
+    b"SETUP",
+    b"PLAY",
+    b"PAUSE",
+    b"TEARDOWN",
+    b"GET_PARAMETER",
+    b"SET_PARAMETER",
+    b"REDIRECT",
+    b"RECORD",
+    b"FLUSH",
 ];
 
 /// Any method llhttp knows (an HTTP/0.9 request line names no protocol to
@@ -486,7 +528,10 @@ fn llhttp_url_end(head: &[u8], start: usize, connect: bool) -> Option<usize> {
         match head.get(at) {
             Some(b'/' | b'*') => return visible_from(at), // path, query, fragment
             Some(byte) if byte.is_ascii_alphabetic() => {
-                at += head[at..].iter().take_while(|b| b.is_ascii_alphabetic()).count();
+                at += head[at..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_alphabetic())
+                    .count();
                 if !head[at..].starts_with(b"://") {
                     return None;
                 }
@@ -514,7 +559,11 @@ fn llhttp_request_line(head: &[u8]) -> Option<(StartLine<'_>, usize)> {
     if !llhttp_method(method) {
         return None;
     }
-    let url_start = method_end + head[method_end..].iter().take_while(|&&b| b == b' ').count();
+    let url_start = method_end
+        + head[method_end..]
+            .iter()
+            .take_while(|&&b| b == b' ')
+            .count();
     let url_end = llhttp_url_end(head, url_start, method == b"CONNECT")?;
     let url = &head[url_start..url_end];
     let line = |version: &[u8]| StartLine {
@@ -556,7 +605,10 @@ fn llhttp_status_line(head: &[u8]) -> Option<(StartLine<'_>, usize)> {
     let (reason, fields_at): (&[u8], usize) = match head.get(after..) {
         Some([b'\r', b'\n', ..]) => (b"", after + 2),
         Some([b' ', rest @ ..]) => {
-            let length = rest.iter().take_while(|&&b| b != b'\r' && b != b'\n').count();
+            let length = rest
+                .iter()
+                .take_while(|&&b| b != b'\r' && b != b'\n')
+                .count();
             if !rest[length..].starts_with(b"\r\n") {
                 return None;
             }
@@ -601,14 +653,21 @@ fn llhttp_only(head: &[u8], is_request: bool) -> Option<Head> {
     }
     let headers: Headers = parsed
         .iter()
-        .map(|field| (field.name.as_bytes().to_vec(), strip_ows(field.value).to_vec()))
+        .map(|field| {
+            (
+                field.name.as_bytes().to_vec(),
+                strip_ows(field.value).to_vec(),
+            )
+        })
         .collect();
     let mut length: Option<&[u8]> = None;
     let mut codings: Vec<&[u8]> = Vec::new();
     for (name, value) in &headers {
         if name.eq_ignore_ascii_case(b"content-length") {
             let fits = value.iter().try_fold(0u64, |number, digit| {
-                number.checked_mul(10)?.checked_add(u64::from(digit.wrapping_sub(b'0')))
+                number
+                    .checked_mul(10)?
+                    .checked_add(u64::from(digit.wrapping_sub(b'0')))
             });
             if length.is_some() || decimal(value).is_none() || fits.is_none() {
                 return None; // a duplicate, not digits, or an overflow

@@ -37,6 +37,7 @@ fn version() -> &'static str {
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(version, module)?)?;
+    module.add_class::<py_core::TlsCore>()?;
     module.add_function(wrap_pyfunction!(py_ring::decode_record, module)?)?;
     module.add_class::<py_ring::RingConsumer>()?;
     py_jsonl::register(module)?;

@@ -9,10 +9,12 @@ use pyo3::types::{PyBytes, PyDict};
 
 use crate::core::{Core, CoreConfig};
 use crate::model::{LossReason, Lost};
+use crate::record::TLS_DATA_HEADER_SIZE;
 use crate::ring::Ring;
-use crate::tracker::TrackerConfig;
+use crate::tracker::TrackerOptions;
 
-/// Records handled by one poll, and their bytes (record headers included).
+/// Records handled by one poll, and their payload bytes (what a record carries
+/// past the tls_data_event header; a close: 0).
 type Handled = (u64, u64);
 
 #[pyclass(module = "ecapture._native", unsendable)]
@@ -34,7 +36,11 @@ fn reason(label: &str) -> PyResult<LossReason> {
         "evicted" => LossReason::Evicted,
         "stopped" => LossReason::Stopped,
         "undelivered" => LossReason::Undelivered,
-        other => return Err(PyValueError::new_err(format!("unknown loss reason {other:?}"))),
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown loss reason {other:?}"
+            )))
+        }
     })
 }
 
@@ -53,7 +59,7 @@ impl TlsCore {
         max_body_bytes: usize,
         parse_http: bool,
     ) -> TlsCore {
-        let tracker = http.then_some(TrackerConfig {
+        let tracker = http.then_some(TrackerOptions {
             max_connections,
             max_body_bytes,
             parse_http,
@@ -96,18 +102,22 @@ impl TlsCore {
                     .map_err(|error| PyOSError::new_err(format!("waiting on the ring: {error}")))?;
             }
             let mut newest = 0u64;
-            let consumed = ring.consume(max_records, max_bytes, |raw| {
-                let timestamp = core.record(raw);
-                if timestamp != 0 {
-                    newest = timestamp;
-                }
-            });
+            let mut payload = 0u64;
+            let consumed = ring
+                .consume(max_records, max_bytes, |raw| {
+                    payload += raw.len().saturating_sub(TLS_DATA_HEADER_SIZE) as u64;
+                    let timestamp = core.record(raw);
+                    if timestamp != 0 {
+                        newest = timestamp;
+                    }
+                })
+                .map_err(|error| PyOSError::new_err(format!("reading the ring: {error}")))?;
             // Only a batch that had records counts (pipeline.py: the tick
             // releases parked closes after a tick with no batch).
             if consumed.records > 0 {
                 core.end_batch(newest);
             }
-            Ok((consumed.records as u64, consumed.bytes as u64))
+            Ok((consumed.records as u64, payload))
         })
     }
 
@@ -123,7 +133,7 @@ impl TlsCore {
             let mut newest = 0u64;
             let mut bytes = 0u64;
             for raw in &records {
-                bytes += raw.len() as u64;
+                bytes += raw.len().saturating_sub(TLS_DATA_HEADER_SIZE) as u64;
                 let timestamp = core.record(raw);
                 if timestamp != 0 {
                     newest = timestamp;
@@ -198,7 +208,10 @@ impl TlsCore {
 
     /// pipeline.py PipelineCounters: records, data_bytes, connections_closed,
     /// http_exchanges, parser_errors, and (records, bytes) lost by reason label.
-    fn counters<'py>(&self, py: Python<'py>) -> PyResult<(u64, u64, u64, u64, u64, Bound<'py, PyDict>)> {
+    fn counters<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(u64, u64, u64, u64, u64, Bound<'py, PyDict>)> {
         let counters = self.core.counters();
         let lost = PyDict::new(py);
         for (reason, totals) in &counters.lost {
