@@ -36,16 +36,21 @@ class PacedResult:
     errors: int
 
 
-def wrk(port: int, seconds: float) -> LoadResult:
+def wrk(port: int, seconds: float, threads: int = 1, connections: int = 8) -> LoadResult:
     """`wrk -t1 -c8 -dNs` with HTTP/1.1 keep-alive (the judging workload:
-    docs/performance.md#judging-workload)."""
-    result = procs.run(["wrk", "-t1", "-c8", f"-d{seconds:g}s", f"https://127.0.0.1:{port}/"],
-                       timeout=seconds + 30)
+    docs/performance.md#judging-workload); more threads and connections for the heavy variant."""
+    result = procs.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s",
+                        f"https://127.0.0.1:{port}/"], timeout=seconds + 30)
     match = re.search(r"(\d+) requests in ([\d.]+)(m?s)", result.stdout)
     if not match:
         raise procs.BenchError(f"wrk printed no count: {(result.stdout + result.stderr)[-300:]}")
     unit = 1e-3 if match.group(3) == "ms" else 1.0
     return LoadResult(int(match.group(1)), float(match.group(2)) * unit)
+
+
+def wrk_heavy(port: int, seconds: float) -> LoadResult:
+    """`wrk -t2 -c100`: two load threads, 100 connections (issue 22's second load)."""
+    return wrk(port, seconds, threads=2, connections=100)
 
 
 def h2load(port: int, seconds: float) -> LoadResult:

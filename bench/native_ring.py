@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ecapture._native import RingConsumer
 from tests.unit.native.ring_producer import PATTERN_SIZE, Producer, Shape, skip_reason
 
+from ecapture._native import RingConsumer
 from ecapture.bpf.readers import RingReader
 from ecapture.events import (
     DATA_FLAG_LAST_CHUNK,

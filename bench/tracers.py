@@ -117,10 +117,14 @@ def emulated_floor() -> Tracer:
     return Tracer("emulated floor", Role.FLOOR, _bpftrace(program), ready_marker="ready")
 
 
-def ours() -> Tracer:
+def ours(data_path: str = "native") -> Tracer:
+    """ecapture tls --format json to a file: the Rust core's data path, or with
+    "python" the Python pipeline it replaced (the reference), for the ratio between them."""
+    name = "ours" if data_path == "native" else f"ours ({data_path} data path)"
     return Tracer(
-        "ours", Role.OURS,
-        lambda capture: [str(OURS), "tls", "--format", "json", "--eventaddr", str(capture)],
+        name, Role.OURS,
+        lambda capture: [str(OURS), "tls", "--format", "json", "--data-path", data_path,
+                         "--eventaddr", str(capture)],
         ready_marker="ready", output=OutputKind.JSON,
     )
 
@@ -147,7 +151,8 @@ def ecapture_peer(binary: str) -> Tracer:
 def all_tracers() -> tuple[list[Tracer], list[str]]:
     """The interleaved run order and one line per peer that cannot even be tried."""
     notes: list[str] = []
-    tracers = [Tracer("no tracing", Role.BASELINE), naive_floor(), emulated_floor(), ours()]
+    tracers = [Tracer("no tracing", Role.BASELINE), naive_floor(), emulated_floor(), ours(),
+               ours("python")]
     if SSLSNIFF.exists():
         tracers.append(sslsniff())
     else:

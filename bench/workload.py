@@ -61,6 +61,8 @@ def scenarios() -> list[Scenario]:
     return [
         Scenario("http1", "HTTP/1.1: nginx 1.22 (1 worker, TLS) + wrk -t1 -c8 (keep-alive)",
                  targets.nginx, loads.wrk, CountKind.REQUEST_LINE),
+        Scenario("http1-c100", "HTTP/1.1: nginx 1.22 (1 worker, TLS) + wrk -t2 -c100 (keep-alive)",
+                 targets.nginx, loads.wrk_heavy, CountKind.REQUEST_LINE),
         Scenario("http2", "HTTP/2: nghttpd + h2load -t1 -c8 -m10 (TLS, h2)",
                  targets.nghttpd, loads.h2load, CountKind.H2_HEADERS),
         Scenario("python", "Python http.client loop over ssl (SSL_read_ex/SSL_write_ex) + nginx",

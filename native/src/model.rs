@@ -311,7 +311,7 @@ pub enum Item {
 
 /// processor/base.py ConnectionParser: one connection, both directions, in
 /// capture order; never panics on bad bytes, memory bounded by its limits.
-pub trait ConnectionParser: Send {
+pub trait ConnectionParser: Send + Sync {
     fn info(&self) -> &Arc<ConnInfo>;
     fn set_info(&mut self, info: Arc<ConnInfo>);
     /// One chunk; `from_client` tells its direction by role.

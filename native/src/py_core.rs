@@ -17,7 +17,7 @@ use crate::tracker::TrackerOptions;
 /// past the tls_data_event header; a close: 0).
 type Handled = (u64, u64);
 
-#[pyclass(module = "ecapture._native", unsendable)]
+#[pyclass(module = "ecapture._native")]
 pub struct TlsCore {
     core: Core,
     ring: Option<Ring>,

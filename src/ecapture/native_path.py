@@ -78,6 +78,7 @@ class NativePipeline:
         self._boosted = False
         self._ring_size = 0
         self._last_poll: tuple[int, int] = (0, 0)
+        self._counters = self._core.counters()
         self._warnings_logged = 0
         self._finished = False
 
@@ -163,7 +164,9 @@ class NativePipeline:
 
     @property
     def counters(self) -> PipelineCounters:
-        records, data_bytes, closed, exchanges, errors, lost = self._core.counters()
+        """As of the last poll: the API's thread reads this while the capture
+        thread polls (the core itself is only ever used by that thread)."""
+        records, data_bytes, closed, exchanges, errors, lost = self._counters
         counters = PipelineCounters(
             records=records, data_bytes=data_bytes, connections_closed=closed,
             http_exchanges=exchanges, parser_errors=errors,
@@ -172,10 +175,8 @@ class NativePipeline:
             counters.lost[LossReason(label)] = LossTotals(records, nbytes)
         return counters
 
-    def open_connections(self) -> int:
-        return int(self._core.open_connections())
-
     def _deliver(self) -> None:
+        self._counters = self._core.counters()
         for warning in self._core.take_warnings():
             if self._warnings_logged < MAX_LOGGED_WARNINGS:
                 self._warnings_logged += 1

@@ -25,11 +25,11 @@ import h2.events
 import h2.settings
 import hpack
 import pytest
-from ecapture._native import Http2TestParser
 from hyperframe.frame import DataFrame, HeadersFrame, SettingsFrame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ecapture._native import Http2TestParser
 from ecapture.events import Direction, Endpoint, TlsData
 from ecapture.processor.http2 import Http2Parser
 from ecapture.processor.model import ConnectionInfo, ProcessorItem, Unparsed

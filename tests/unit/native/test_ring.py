@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
 from ecapture._native import RingConsumer
 
 from .ring_producer import (
