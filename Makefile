@@ -25,7 +25,7 @@ NATIVE_SOURCES := native/Cargo.toml $(wildcard native/Cargo.lock native/build.rs
 # The Rust core (ecapture._native) is rebuilt in place when its sources change.
 STAMP_NATIVE := $(VENV)/.native
 
-.PHONY: all setup deps venv native native-test bpf test-bpf run test unit e2e lint typecheck bench clean
+.PHONY: all setup deps venv native native-test fuzz bpf test-bpf run test unit e2e lint typecheck bench clean
 
 all: bpf
 
@@ -89,13 +89,28 @@ lint: venv
 native-test:
 	cd native && ECAPTURE_BPF_BUILT=1 cargo test -q
 
+# Every parser's cargo-fuzz target for FUZZ_SECONDS each (libFuzzer without a sanitizer:
+# the machine's stable toolchain); a crash fails the build and leaves its input in
+# native/fuzz/artifacts/. cargo-fuzz itself is built once into build/cargo.
+FUZZ_SECONDS ?= 15
+CARGO_FUZZ := $(BUILD)/cargo/bin/cargo-fuzz
+$(CARGO_FUZZ):
+	cargo install -q --locked cargo-fuzz --root $(BUILD)/cargo
+fuzz: $(CARGO_FUZZ)
+	cd native && for target in $$(../$(CARGO_FUZZ) fuzz list); do \
+		echo "fuzzing $$target for $(FUZZ_SECONDS) s"; \
+		ECAPTURE_BPF_BUILT=1 ../$(CARGO_FUZZ) fuzz run -s none $$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=0 \
+			2>&1 | tail -n 3 || exit 1; \
+	done
+
 typecheck: venv
 	$(VENV)/bin/mypy src
 
 unit: deps venv bpf native test-bpf
 	$(VENV)/bin/pytest -q tests/unit
 
-test: deps venv bpf native test-bpf lint typecheck native-test
+test: deps venv bpf native test-bpf lint typecheck native-test fuzz
 	$(VENV)/bin/pytest -q tests
 
 bench: deps venv bpf native
