@@ -571,19 +571,18 @@ struct emit_context {
 	struct conn_key key;
 };
 
-static long emit_chunk(__u32 index, struct emit_context *emit)
+/* One chunk of a call, at `offset` of the segment: the record built in the
+ * scratch `event` (its header already filled), copied into the ring. `conn`
+ * is the call's connection (NULL: none could be made), looked up once by the
+ * caller, so the common single-chunk call does one conns lookup. */
+static __always_inline long put_chunk(struct emit_context *emit, struct tls_data_event *event,
+				      struct conn_state *conn, __u64 offset)
 {
-	__u32 zero = 0;
-	struct tls_data_event *event = bpf_map_lookup_elem(&scratch, &zero);
-	struct conn_state *conn;
-	__u64 offset = (__u64)index * MAX_CHUNK_SIZE;
 	__u64 record;
 	__u64 size;
 	__u32 lost_records = 0;
 	__u64 lost_bytes = 0;
 
-	if (!event || offset >= emit->copy_len)
-		return 1;
 	size = emit->copy_len - offset;
 	if (size > MAX_CHUNK_SIZE)
 		size = MAX_CHUNK_SIZE;
@@ -602,7 +601,6 @@ static long emit_chunk(__u32 index, struct emit_context *emit)
 		event->flags |= DATA_FLAG_READ_FAULT;
 		record = sizeof(*event) - MAX_CHUNK_SIZE;
 	}
-	conn = bpf_map_lookup_elem(&conns, &emit->key);
 	if (conn) {
 		lost_records = conn->lost_records;
 		lost_bytes = conn->lost_bytes;
@@ -626,6 +624,19 @@ static long emit_chunk(__u32 index, struct emit_context *emit)
 		__sync_fetch_and_add(&conn->lost_bytes, -lost_bytes);
 	}
 	return 0;
+}
+
+/* bpf_loop callback: chunk `index` of the segment (also called directly
+ * for one chunk), its scratch record and connection looked up here. */
+static long emit_chunk(__u32 index, struct emit_context *emit)
+{
+	__u32 zero = 0;
+	struct tls_data_event *event = bpf_map_lookup_elem(&scratch, &zero);
+	__u64 offset = (__u64)index * MAX_CHUNK_SIZE;
+
+	if (!event || offset >= emit->copy_len)
+		return 1;
+	return put_chunk(emit, event, bpf_map_lookup_elem(&conns, &emit->key), offset);
 }
 
 /* PRIOVec (NSPR prio.h): { char *iov_base; int iov_len; }, at most
@@ -771,7 +782,7 @@ int BPF_KRETPROBE(call_return, int ret)
 		return 0;
 	}
 	if (emit.copy_len <= MAX_CHUNK_SIZE)
-		emit_chunk(0, &emit);	/* the common case: no bpf_loop call */
+		put_chunk(&emit, event, conn, 0);	/* the common case: no bpf_loop call */
 	else
 		bpf_loop((emit.copy_len + MAX_CHUNK_SIZE - 1) / MAX_CHUNK_SIZE, emit_chunk,
 			 &emit, 0);
