@@ -30,6 +30,7 @@ import contextlib
 import ctypes
 import functools
 import json
+import math
 import mmap
 import os
 import signal
@@ -168,17 +169,51 @@ def stats_counters(map_id: int | None) -> dict[str, int]:
 # ----- the skip reader (runs in its own process: `--serve skip`) --------------------------
 
 
-def serve_skip(mapsize_kib: int, object_file: str | None) -> int:
-    """Load and attach `ecapture tls` (text model, every process) and drop every record by
-    moving the ring's consumer position to its producer position, until SIGINT/SIGTERM.
-    `object_file`: another build of tls.bpf.o (same programs and maps) to load instead."""
+class _SkippedRing:
+    """A ring buffer "read" by moving its consumer position to its producer position."""
+
+    def __init__(self, fd: int) -> None:
+        page = mmap.PAGESIZE
+        self._consumer = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._producer = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        # One 8-byte store (docs/performance.md: a split store makes the kernel drop records).
+        self._consumer_pos = memoryview(self._consumer).cast("Q")
+        self._producer_pos = memoryview(self._producer).cast("Q")
+
+    def skip(self) -> int:
+        position = self._producer_pos[0]
+        skipped = position - self._consumer_pos[0]
+        self._consumer_pos[0] = position
+        return skipped
+
+    def close(self) -> None:
+        self._consumer_pos.release()
+        self._producer_pos.release()
+        self._consumer.close()
+        self._producer.close()
+
+
+def _own_bpf_fds(kind: str) -> dict[int, str]:
+    """fd → fdinfo text of this process's BPF fds of `kind` (bpf-prog, bpf-map)."""
+    out = {}
+    for entry in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and os.readlink(entry) == f"anon_inode:{kind}":
+                out[int(entry.name)] = Path(f"/proc/self/fdinfo/{entry.name}").read_text()
+    return out
+
+
+def _prog_ids() -> set[int]:
+    return {int(line.split()[1]) for info in _own_bpf_fds("bpf-prog").values()
+            for line in info.splitlines() if line.startswith("prog_id:")}
+
+
+def serve_skip(mapsize_kib: int, object_files: list[str]) -> int:
+    """Load and attach `ecapture tls` (text model, every process) once per object file (""
+    = the installed tls.bpf.o; several: all attached at once, in this order) and drop every
+    record by moving each ring's consumer position to its producer position, until
+    SIGINT/SIGTERM. Logs `objects [[prog ids of the first], ...]`, then `ready`."""
     from ecapture.modules.openssl import OpensslModule, TlsConfig
-
-    class Variant(OpensslModule):
-        pass
-
-    if object_file is not None:
-        Variant.object_file = str(Path(object_file).resolve())
 
     stop = [False]
 
@@ -188,43 +223,34 @@ def serve_skip(mapsize_kib: int, object_file: str | None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     os.setpriority(os.PRIO_PROCESS, 0, 10)   # as ecapture's default --nice 10
-    module = Variant(TlsConfig(mapsize_kib=mapsize_kib))
-    try:
-        module.init([])
-        module.start()
-        size = mapsize_kib * 1024
-        fd = -1
-        for entry in Path("/proc/self/fd").iterdir():
-            info = Path(f"/proc/self/fdinfo/{entry.name}").read_text() if entry.name.isdigit() \
-                else ""
-            if (f"map_type:\t{BPF_MAP_TYPE_RINGBUF}\n" in info
-                    and f"max_entries:\t{size}\n" in info):
-                fd = int(entry.name)
-                break
-        if fd < 0:
-            raise procs.BenchError("no ring buffer map of --mapsize found among our fds")
-        page = mmap.PAGESIZE
-        consumer = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        producer = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
-        # One 8-byte store each (docs/performance.md: a split store makes the kernel drop).
-        consumer_pos = memoryview(consumer).cast("Q")
-        producer_pos = memoryview(producer).cast("Q")
+    size = mapsize_kib * 1024
+    with contextlib.ExitStack() as stack:
+        owned: list[list[int]] = []
+        for object_file in object_files or [""]:
+            attributes = {"object_file": str(Path(object_file).resolve())} if object_file else {}
+            variant = type("Variant", (OpensslModule,), attributes)
+            module = variant(TlsConfig(mapsize_kib=mapsize_kib))
+            before = _prog_ids()
+            stack.callback(module.close)
+            stack.callback(module.stop)
+            stack.callback(module.stop)   # twice: close() does not drain
+            module.init([])
+            module.start()
+            owned.append(sorted(_prog_ids() - before))
+        rings = [_SkippedRing(fd) for fd, info in _own_bpf_fds("bpf-map").items()
+                 if f"map_type:\t{BPF_MAP_TYPE_RINGBUF}\n" in info
+                 and f"max_entries:\t{size}\n" in info]
+        if len(rings) != len(owned):
+            raise procs.BenchError(f"{len(rings)} rings of --mapsize for {len(owned)} objects")
+        for ring in rings:
+            stack.callback(ring.close)
+        print(f"objects {json.dumps(owned)}", file=sys.stderr, flush=True)
         print("ready", file=sys.stderr, flush=True)
         skipped = 0
         while not stop[0]:
             time.sleep(SKIP_POLL_S)
-            position = producer_pos[0]
-            skipped += position - consumer_pos[0]
-            consumer_pos[0] = position
+            skipped += sum(ring.skip() for ring in rings)
         print(f"skipped {skipped} ring bytes", file=sys.stderr, flush=True)
-        consumer_pos.release()
-        producer_pos.release()
-        consumer.close()
-        producer.close()
-    finally:
-        module.stop()
-        module.stop()   # the second stop: close() does not drain
-        module.close()
     return 0
 
 
@@ -264,9 +290,24 @@ class Settings:
     eventaddr: str | None   # None: a file in workdir, deleted after each run
     mapsize_kib: int
     variants: dict[str, str]   # skip:NAME → the tls.bpf.o build it loads
+    together: dict[str, str]   # NAME → a build attached at once with the others (--together)
 
 
-def reader_command(reader: str, settings: Settings, eventaddr: Path) -> list[str]:
+def together_order(settings: Settings, round_number: int) -> list[tuple[str, str]]:
+    """The --together builds in this round's attach order (rotated each round, so that no
+    build always runs first on a probe hit)."""
+    items = list(settings.together.items())
+    shift = (round_number - 1) % len(items) if items else 0
+    return items[shift:] + items[:shift]
+
+
+def reader_command(reader: str, settings: Settings, eventaddr: Path,
+                   round_number: int) -> list[str]:
+    if reader == "together":
+        objects = [arg for _name, path in together_order(settings, round_number)
+                   for arg in ("--object", path)]
+        return [str(PYTHON), "-m", "bench.bpf_cost", "--serve", "skip",
+                "--mapsize", str(settings.mapsize_kib), *objects]
     if reader.startswith("skip"):
         variant = settings.variants.get(reader.removeprefix("skip:"))
         return [str(PYTHON), "-m", "bench.bpf_cost", "--serve", "skip",
@@ -281,15 +322,24 @@ def run_reader(reader: str, round_number: int, settings: Settings) -> Run:
     log = settings.workdir / f"{reader.replace(':', '_')}.log"
     eventaddr = Path(settings.eventaddr or settings.workdir / "events.json")
     with log.open("wb") as sink:
-        process = procs.spawn(reader_command(reader, settings, eventaddr), stdout=sink,
-                              stderr=sink, cwd=ROOT)
+        process = procs.spawn(reader_command(reader, settings, eventaddr, round_number),
+                              stdout=sink, stderr=sink, cwd=ROOT)
     try:
         procs.wait_for_text(log, "ready", 60, process)
+        owner: dict[int, str] = {}   # prog id → its build's name (reader "together")
+        if reader == "together":
+            line = next(line for line in log.read_text().splitlines()
+                        if line.startswith("objects "))
+            for (name, _path), ids in zip(together_order(settings, round_number),
+                                          json.loads(line.removeprefix("objects ")),
+                                          strict=True):
+                owner.update(dict.fromkeys(ids, name))
         map_id = stats_map_id(process.pid)
         before, stats_before = program_counters(process.pid), stats_counters(map_id)
         load = settings.load()
         after, stats_after = program_counters(process.pid), stats_counters(map_id)
-        names = program_names(list(after))
+        names = {prog_id: f"{owner[prog_id]}/{name}" if prog_id in owner else name
+                 for prog_id, name in program_names(list(after)).items()}
         result.requests, result.rate = load.requests, load.rate
         for prog_id, counters in sorted(after.items(), key=lambda item: names[item[0]]):
             start = before.get(prog_id, ProgCounters(0, 0))
@@ -330,7 +380,7 @@ def producer_load(tools: NativeTools, certificate: targets.Certificate, size: in
     return loads.LoadResult(int(report["records_read"]), float(report["seconds"]))
 
 
-def tables(runs: list[Run], title: str) -> list[Table]:
+def tables(runs: list[Run], title: str, together: list[str]) -> list[Table]:
     good = [run for run in runs if run.error is None]
     readers = list(dict.fromkeys(run.reader for run in good if run.reader != "no tracing"))
     out: list[Table] = []
@@ -374,6 +424,9 @@ def tables(runs: list[Run], title: str) -> list[Table]:
         out.append(table)
     if len(readers) > 1:
         out.append(paired(good, readers))
+    together_runs = [run for run in good if run.reader == "together"]
+    if together_runs:
+        out.append(together_table(together_runs, together))
     for run in runs:
         if run.error is not None:
             out[0].notes.append(f"{run.reader} round {run.round} failed: {run.error}")
@@ -386,35 +439,86 @@ def _bpf_ns_per_request(run: Run, program: str | None = None) -> float:
     return total / run.requests if run.requests else float("nan")
 
 
+def _ratio_cell(values: list[float]) -> str:
+    """Median of per-round ratios (robust to one disturbed round), the mean, the rounds."""
+    values = [value for value in values if not math.isnan(value)]
+    if not values:
+        return "—"
+    return (f"{statistics.median(values):.3f} / {statistics.fmean(values):.3f} "
+            f"({' '.join(f'{value:.2f}' for value in values)})")
+
+
 def paired(runs: list[Run], readers: list[str]) -> Table:
     """Each reader against the first one of the same round: the comparison that load
-    drift between rounds does not blur."""
+    drift between rounds does not blur. Programs that run less than once per 10 requests
+    are left out (too few runs to compare)."""
     first = readers[0]
-    table = Table(f"paired with {first} in the same round (ratio per round, then the mean)",
-                  ["run", "call_return avg ns vs first", "all programs ns/request vs first",
-                   "req/s vs first"])
+    table = Table(f"paired with {first} in the same round: median / mean of per-round ratios "
+                  "(each round)", ["run", "measure", "ratio to " + first])
     rounds = sorted({run.round for run in runs})
+    pairs = []
+    for number in rounds:
+        base = next((r for r in runs if r.reader == first and r.round == number), None)
+        if base is not None and base.requests:
+            pairs.append((number, base))
+    common = [p.name for p in pairs[0][1].programs
+              if p.run_cnt >= 0.1 * pairs[0][1].requests] if pairs else []
     for reader in readers[1:]:
-        call, total, rate = [], [], []
-        for number in rounds:
-            mine = next((r for r in runs if r.reader == reader and r.round == number), None)
-            base = next((r for r in runs if r.reader == first and r.round == number), None)
-            if mine is None or base is None:
-                continue
-            mine_call = next((p for p in mine.programs if p.name == "call_return"), None)
-            base_call = next((p for p in base.programs if p.name == "call_return"), None)
-            if mine_call and base_call and mine_call.run_cnt and base_call.run_cnt:
-                call.append(mine_call.avg_ns / base_call.avg_ns)
-            total.append(_bpf_ns_per_request(mine) / _bpf_ns_per_request(base))
-            rate.append(mine.rate / base.rate if base.rate else float("nan"))
+        mine_by_round = {r.round: r for r in runs if r.reader == reader}
+        matched = [(mine_by_round[number], base) for number, base in pairs
+                   if number in mine_by_round and mine_by_round[number].requests]
+        for name in common:
+            ratios = []
+            for mine, base in matched:
+                a = next((p for p in mine.programs if p.name == name), None)
+                b = next((p for p in base.programs if p.name == name), None)
+                if a and b and a.run_cnt and b.run_cnt:
+                    ratios.append(a.avg_ns / b.avg_ns)
+            table.add(reader, f"{name} avg ns", _ratio_cell(ratios))
+        table.add(reader, "all programs ns/request",
+                  _ratio_cell([_bpf_ns_per_request(mine) / _bpf_ns_per_request(base)
+                               for mine, base in matched]))
+        table.add(reader, "req/s", _ratio_cell([mine.rate / base.rate for mine, base in matched
+                                                if base.rate]))
+    return table
 
-        def cell(values: list[float]) -> str:
-            if not values:
-                return "—"
-            return (f"{statistics.fmean(values):.3f} "
-                    f"({' '.join(f'{value:.2f}' for value in values)})")
 
-        table.add(reader, cell(call), cell(total), cell(rate))
+def together_table(runs: list[Run], builds: list[str]) -> Table:
+    """Builds attached at once: each program of each build against the same program of the
+    first build (--together order), per run."""
+    first_name = builds[0]
+    table = Table(f"builds attached together, each against {first_name} in the same run: "
+                  "median / mean of per-round ratios (each round)",
+                  ["build", "program", f"{first_name} avg ns", "ratio"])
+    requests = sum(run.requests for run in runs)
+    programs = list(dict.fromkeys(p.name.split("/", 1)[1] for run in runs for p in run.programs
+                                  if p.name.startswith(f"{first_name}/")))
+    for build in builds[1:]:
+        for program in programs:
+            ratios, base_ns, base_runs = [], 0, 0
+            for run in runs:
+                by_name = {p.name: p for p in run.programs}
+                mine, base = by_name.get(f"{build}/{program}"), by_name.get(
+                    f"{first_name}/{program}")
+                if mine and base and mine.run_cnt and base.run_cnt:
+                    ratios.append(mine.avg_ns / base.avg_ns)
+                if base:
+                    base_ns += base.run_time_ns
+                    base_runs += base.run_cnt
+            if base_runs < 0.1 * requests:
+                continue   # too rare in this workload to compare
+            table.add(build, program, f"{base_ns / base_runs:.0f}", _ratio_cell(ratios))
+        ratios = []
+        for run in runs:
+            build_ns = sum(p.run_time_ns for p in run.programs
+                           if p.name.startswith(f"{build}/"))
+            first_ns = sum(p.run_time_ns for p in run.programs
+                           if p.name.startswith(f"{first_name}/"))
+            if first_ns:
+                ratios.append(build_ns / first_ns)
+        table.add(build, "(all programs, ns)", "", _ratio_cell(ratios))
+    table.notes.append("attach order rotated each round; both builds run on every call, so "
+                       "the req/s of this run is not the cost of either alone")
     return table
 
 
@@ -439,8 +543,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="also run the skip reader with this build of tls.bpf.o (run "
                         "'skip:NAME'), interleaved with the others: an A/B of kernel-side "
                         "changes under the same load; repeatable")
+    parser.add_argument("--together", action="append", default=[], metavar="NAME=OBJECT",
+                        help="attach these builds of tls.bpf.o all at once in one skip reader "
+                        "(run 'together'; attach order rotated each round) and compare their "
+                        "programs within the same run: every build sees the same load, so "
+                        "the ratios are far steadier than between runs; give two or more")
     parser.add_argument("--serve", choices=["skip"], help=argparse.SUPPRESS)
-    parser.add_argument("--object", help=argparse.SUPPRESS)
+    parser.add_argument("--object", action="append", default=[], help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
     arguments.reader_list = [name.strip() for name in arguments.readers.split(",") if name]
     unknown = set(arguments.reader_list) - set(READERS)
@@ -453,6 +562,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
             parser.error(f"--variant {item!r}: give NAME=PATH of a built tls.bpf.o")
         arguments.variants[name] = str(Path(path).resolve())
         arguments.reader_list.append(f"skip:{name}")
+    together: dict[str, str] = {}
+    for item in arguments.together:
+        name, _, path = item.partition("=")
+        if not name or "/" in name or not path or not Path(path).is_file():
+            parser.error(f"--together {item!r}: give NAME=PATH of a built tls.bpf.o")
+        together[name] = str(Path(path).resolve())
+    if len(together) == 1:
+        parser.error("--together needs two builds or more")
+    arguments.together = together
+    if together:
+        arguments.reader_list.append("together")
     return arguments
 
 
@@ -483,7 +603,7 @@ def main(argv: list[str]) -> int:
                              "(a request = one record: SSL_write + SSL_read)")
                 payload["title"] = title
                 settings = Settings(load, arguments.seconds, workdir, arguments.eventaddr,
-                                    arguments.mapsize, arguments.variants)
+                                    arguments.mapsize, arguments.variants, arguments.together)
                 for round_number in range(1, arguments.rounds + 1):
                     baseline = run_baseline(round_number, settings)
                     runs.append(baseline)
@@ -505,7 +625,7 @@ def main(argv: list[str]) -> int:
                               file=sys.stderr, flush=True)
     finally:
         procs.stop_all()
-    for table in tables(runs, str(payload.get("title", ""))):
+    for table in tables(runs, str(payload.get("title", "")), list(arguments.together)):
         print(table.render())
         print()
     payload["runs"] = [asdict(run) | {"programs": [asdict(p) | {"avg_ns": p.avg_ns}
