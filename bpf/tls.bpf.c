@@ -77,6 +77,9 @@ struct {
 /* The last connection id handed out: ids are unique while the object is
  * loaded (an SSL* is not: allocators hand a freed one's address to the next). */
 __u64 last_conn_id = 0;
+/* Connections ended so far (any process): a thread's remembered connection
+ * (call_state.last_*) is trusted only while no connection ended since. */
+__u64 conn_ends = 0;
 
 /* An SSL read/write call in flight, per thread. */
 struct call_state {
@@ -88,6 +91,13 @@ struct call_state {
 	__u8 ex;
 	__u8 active;		/* between an entry probe and its return */
 	__u8 resolved;		/* the socket of this call was looked at */
+	/* The connection the thread's last call was found on (kept across
+	 * calls; see known_socket): its SSL*, socket, fd, and conn_ends then. */
+	__u64 last_ssl;
+	__u64 last_sk;
+	__u64 last_ends;
+	__s32 last_fd;
+	__u32 _pad;
 };
 
 /* Task storage, not a hash keyed by tid: a per-thread slot freed with the
@@ -349,13 +359,26 @@ static __always_inline void end_connection(const struct conn_key *key, __u64 con
 	/* Another CPU ended it between the lookup and here. */
 	if (bpf_map_delete_elem(&conns, key))
 		return;
+	__sync_fetch_and_add(&conn_ends, 1);
 	forget_socket(copy.sk, copy.conn_id);
 	emit_close(key, &copy, cause, tid);
+}
+
+/* Remember in the thread's slot that `call`'s SSL* is the connection on
+ * `sk` (fd `fd`), as of `ends` (conn_ends read before the conns lookup). */
+static __always_inline void remember_thread(struct call_state *call, __u64 sk_id, __s32 fd,
+					    __u64 ends)
+{
+	call->last_ssl = call->ssl;
+	call->last_sk = sk_id;
+	call->last_fd = fd;
+	call->last_ends = ends;
 }
 
 static __always_inline void remember_socket(__u64 pid_tgid, struct call_state *call,
 					    struct sock *sk)
 {
+	__u64 ends = conn_ends;	/* before the lookup: an end after it invalidates */
 	struct conn_key key = { .pid = pid_tgid >> 32, .ssl = call->ssl };
 	struct conn_state *conn = bpf_map_lookup_elem(&conns, &key);
 	struct sock_link link = { .key = key };
@@ -364,6 +387,7 @@ static __always_inline void remember_socket(__u64 pid_tgid, struct call_state *c
 
 	if (conn && conn->sk == sk_id) {
 		call->fd = conn->fd;
+		remember_thread(call, sk_id, conn->fd, ends);
 		return;
 	}
 	if (conn && conn->sk) {
@@ -388,7 +412,8 @@ static __always_inline void remember_socket(__u64 pid_tgid, struct call_state *c
 	read_endpoints(sk, &fresh);
 	call->fd = fresh.fd;
 	link.conn_id = fresh.conn_id;
-	bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
+	if (!bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY))
+		remember_thread(call, sk_id, fresh.fd, ends);
 	bpf_map_update_elem(&sock_conns, &sk_id, &link, BPF_ANY);
 }
 
@@ -406,6 +431,17 @@ static __always_inline void fill_header(struct record_header *header, __u32 kind
 	bpf_get_current_comm(&header->comm, sizeof(header->comm));
 }
 
+/* Whether the thread's last call found this SSL* on this socket and no
+ * connection ended since: then its conns entry is the one that was seen
+ * (same connection id, socket and fd) and needs no lookup. The entry could
+ * also go silently (LRU eviction), but call_return looks it up on every
+ * call, so a connection in use is never the least recently used. */
+static __always_inline bool known_socket(const struct call_state *call, __u64 sk_id)
+{
+	return call->last_ssl == call->ssl && call->last_sk == sk_id &&
+	       call->last_ends == conn_ends;
+}
+
 static __always_inline int on_socket_io(struct sock *sk)
 {
 	struct call_state *call = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0, 0);
@@ -414,6 +450,10 @@ static __always_inline int on_socket_io(struct sock *sk)
 	if (!call || !call->active || call->resolved)
 		return 0;
 	call->resolved = 1;
+	if (known_socket(call, (__u64)sk)) {
+		call->fd = call->last_fd;	/* as remember_socket would: conn->fd */
+		return 0;
+	}
 	remember_socket(bpf_get_current_pid_tgid(), call, sk);
 	return 0;
 }
@@ -734,6 +774,9 @@ int BPF_KRETPROBE(call_return, int ret)
 		bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
 		bpf_map_update_elem(&conns, &emit.key, &fresh, BPF_NOEXIST);
 		conn = bpf_map_lookup_elem(&conns, &emit.key);
+		/* Its socket is not in the entry: the next socket I/O must look
+		 * (known_socket trusts only an entry it saw with its socket). */
+		found->last_ssl = 0;
 	}
 	event = bpf_map_lookup_elem(&scratch, &zero);
 	/* Cannot happen (a one-entry array); the verifier wants the test. */
