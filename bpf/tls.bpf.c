@@ -611,17 +611,62 @@ struct emit_context {
 	struct conn_key key;
 };
 
-/* One chunk of a call, at `offset` of the segment: the record built in the
- * scratch `event` (its header already filled), copied into the ring. `conn`
- * is the call's connection (NULL: none could be made), looked up once by the
- * caller, so the common single-chunk call does one conns lookup. */
+/* Linux 6.16+: copy user memory straight into a dynptr (here: a ring
+ * record), any size up to the dynptr's. */
+extern int bpf_probe_read_user_dynptr(struct bpf_dynptr *dptr, __u32 off, __u32 size,
+				      const void *unsafe_ptr__ign) __ksym;
+
+#define DATA_HEADER_SIZE (sizeof(struct tls_data_event) - MAX_CHUNK_SIZE)
+#ifndef DIRECT_READ_MIN
+/* Chunks of more bytes than this are read straight into their ring record;
+ * smaller ones through the scratch and bpf_ringbuf_output, which takes
+ * fewer helper calls (measured: docs/performance.md#kernel-side-cost). */
+#define DIRECT_READ_MIN 4096
+#endif
+
+/* Copy the chunk's `size` bytes at `user` into the ring as the record whose
+ * header is `event` (the scratch): 0 done, 1 read fault (nothing submitted),
+ * -1 ring full. */
+static __always_inline int output_chunk(struct tls_data_event *event, __u64 size, __u64 user)
+{
+	__u64 wakeup = ring_flags(DATA_HEADER_SIZE + size);
+	struct tls_data_event *out;
+	struct bpf_dynptr record;
+
+	if (size <= DIRECT_READ_MIN) {
+		if (bpf_probe_read_user(event->data, size, (void *)user))
+			return 1;
+		return bpf_ringbuf_output(&events, event, DATA_HEADER_SIZE + size, wakeup) ? -1 : 0;
+	}
+	if (bpf_ringbuf_reserve_dynptr(&events, DATA_HEADER_SIZE + size, 0, &record)) {
+		bpf_ringbuf_discard_dynptr(&record, 0);	/* a failed one is released too */
+		return -1;
+	}
+	out = bpf_dynptr_data(&record, 0, DATA_HEADER_SIZE);
+	if (!out) {	/* cannot happen: the record is larger; the verifier wants the test */
+		bpf_ringbuf_discard_dynptr(&record, 0);
+		return -1;
+	}
+	__builtin_memcpy(out, event, DATA_HEADER_SIZE);
+	if (bpf_probe_read_user_dynptr(&record, DATA_HEADER_SIZE, size, (void *)user)) {
+		bpf_ringbuf_discard_dynptr(&record, BPF_RB_NO_WAKEUP);
+		return 1;
+	}
+	bpf_ringbuf_submit_dynptr(&record, wakeup);
+	return 0;
+}
+
+/* One chunk of a call, at `offset` of the segment, its header built in the
+ * scratch `event` (filled by the caller). `conn` is the call's connection
+ * (NULL: none could be made), looked up once by the caller, so the common
+ * single-chunk call does one conns lookup. */
 static __always_inline long put_chunk(struct emit_context *emit, struct tls_data_event *event,
 				      struct conn_state *conn, __u64 offset)
 {
-	__u64 record;
 	__u64 size;
 	__u32 lost_records = 0;
 	__u64 lost_bytes = 0;
+	int result;
 
 	size = emit->copy_len - offset;
 	if (size > MAX_CHUNK_SIZE)
@@ -633,22 +678,23 @@ static __always_inline long put_chunk(struct emit_context *emit, struct tls_data
 	event->data_len = size;
 	if (emit->final && offset + size >= emit->copy_len)
 		event->flags |= DATA_FLAG_LAST_CHUNK;
-	record = sizeof(*event) - MAX_CHUNK_SIZE + size;
-	if (bpf_probe_read_user(event->data, size, (void *)(emit->buf + offset))) {
-		/* Not resident (probe reads cannot fault pages in): say so on
-		 * this connection with an empty record, go on with the next chunk. */
-		stat_add(STAT_READ_FAULTS, 1);
-		event->flags |= DATA_FLAG_READ_FAULT;
-		record = sizeof(*event) - MAX_CHUNK_SIZE;
-	}
 	if (conn) {
 		lost_records = conn->lost_records;
 		lost_bytes = conn->lost_bytes;
 	}
 	event->lost_records = lost_records;
 	event->lost_bytes = lost_bytes;
-	if (bpf_ringbuf_output(&events, event, record, ring_flags(record))) {
+	result = output_chunk(event, size, emit->buf + offset);
+	if (result > 0) {
+		/* Not resident (probe reads cannot fault pages in): say so on
+		 * this connection with an empty record, go on with the next chunk. */
+		stat_add(STAT_READ_FAULTS, 1);
+		event->flags |= DATA_FLAG_READ_FAULT;
+		result = bpf_ringbuf_output(&events, event, DATA_HEADER_SIZE,
+					    ring_flags(DATA_HEADER_SIZE)) ? -1 : 0;
 		event->flags &= ~DATA_FLAG_READ_FAULT;
+	}
+	if (result < 0) {
 		stat_add(STAT_RING_FULL_RECORDS, 1);
 		stat_add(STAT_RING_FULL_BYTES, size);
 		if (conn) {
@@ -657,7 +703,6 @@ static __always_inline long put_chunk(struct emit_context *emit, struct tls_data
 		}
 		return 0;
 	}
-	event->flags &= ~DATA_FLAG_READ_FAULT;
 	stat_add(STAT_RECORDS, 1);
 	if (conn && lost_records) {	/* reported in-band just now */
 		__sync_fetch_and_add(&conn->lost_records, -(__u64)lost_records);
