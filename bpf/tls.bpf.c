@@ -182,11 +182,11 @@ static __always_inline __u64 ring_flags(__u64 size)
 
 static __always_inline int enter(struct pt_regs *ctx, __u8 direction, __u8 ex)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct call_state *state;
 
-	/* Filtered here so that filtered-out calls cost no storage. */
-	if (!wanted(pid_tgid))
+	/* Filtered here so that filtered-out calls cost no storage. Without
+	 * -p/-u the verifier drops the test and its helper call (constants). */
+	if ((target_pid || filter_uid) && !wanted(bpf_get_current_pid_tgid()))
 		return 0;
 	state = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0,
 				     BPF_LOCAL_STORAGE_GET_F_CREATE);
