@@ -128,6 +128,8 @@ struct conn_state {
 	struct sock_addr local;
 	struct sock_addr remote;
 	char comm[TASK_COMM_LEN];	/* the close may be seen from softirq context */
+	__u32 comm_tid;		/* the thread whose comm (and uid) these are, 0 none */
+	__u32 _pad;
 };
 
 struct {
@@ -400,6 +402,7 @@ static __always_inline void remember_socket(__u64 pid_tgid, struct call_state *c
 	fresh.cookie = bpf_get_socket_cookie(sk);
 	fresh.uid = (__u32)bpf_get_current_uid_gid();
 	bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
+	fresh.comm_tid = (__u32)pid_tgid;
 	if (conn) {
 		/* Created by a call before any socket was known: the same
 		 * connection, so it keeps its id and its unreported losses. */
@@ -428,7 +431,13 @@ static __always_inline void fill_header(struct record_header *header, __u32 kind
 	header->conn_id = conn ? conn->conn_id : 0;	/* 0: no conns entry could be made */
 	header->ssl = ssl;
 	header->socket_cookie = conn ? conn->cookie : 0;
-	bpf_get_current_comm(&header->comm, sizeof(header->comm));
+	/* The thread's name as the connection recorded it on this thread:
+	 * bpf_get_current_comm's bytes without the helper (a thread renamed
+	 * since keeps its old name here). */
+	if (conn && conn->comm_tid == (__u32)pid_tgid)
+		__builtin_memcpy(header->comm, conn->comm, sizeof(header->comm));
+	else
+		bpf_get_current_comm(&header->comm, sizeof(header->comm));
 }
 
 /* Whether the thread's last call found this SSL* on this socket and no
@@ -817,6 +826,7 @@ int BPF_KRETPROBE(call_return, int ret)
 		fresh.conn_id = new_conn_id();
 		fresh.uid = (__u32)bpf_get_current_uid_gid();
 		bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
+		fresh.comm_tid = (__u32)pid_tgid;
 		bpf_map_update_elem(&conns, &emit.key, &fresh, BPF_NOEXIST);
 		conn = bpf_map_lookup_elem(&conns, &emit.key);
 		/* Its socket is not in the entry: the next socket I/O must look
