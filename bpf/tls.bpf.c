@@ -128,8 +128,6 @@ struct conn_state {
 	struct sock_addr local;
 	struct sock_addr remote;
 	char comm[TASK_COMM_LEN];	/* the close may be seen from softirq context */
-	__u32 comm_tid;		/* the thread whose comm (and uid) these are, 0 none */
-	__u32 _pad;
 };
 
 struct {
@@ -402,7 +400,6 @@ static __always_inline void remember_socket(__u64 pid_tgid, struct call_state *c
 	fresh.cookie = bpf_get_socket_cookie(sk);
 	fresh.uid = (__u32)bpf_get_current_uid_gid();
 	bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
-	fresh.comm_tid = (__u32)pid_tgid;
 	if (conn) {
 		/* Created by a call before any socket was known: the same
 		 * connection, so it keeps its id and its unreported losses. */
@@ -420,6 +417,20 @@ static __always_inline void remember_socket(__u64 pid_tgid, struct call_state *c
 	bpf_map_update_elem(&sock_conns, &sk_id, &link, BPF_ANY);
 }
 
+/* The current thread's name, as bpf_get_current_comm gives it, read
+ * directly from its task: two 8-byte loads instead of a helper call. The
+ * bytes are the helper's: task->comm is NUL-padded by every writer
+ * (__set_task_comm uses strscpy_pad since Linux 6.2; before, bytes after
+ * the NUL could differ, which no decoder reads: they cut at the NUL). */
+static __always_inline void read_comm(char *comm)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 *out = (__u64 *)comm;
+
+	out[0] = *(__u64 *)&task->comm[0];
+	out[1] = *(__u64 *)&task->comm[8];
+}
+
 static __always_inline void fill_header(struct record_header *header, __u32 kind,
 					__u64 pid_tgid, __u64 ssl, const struct conn_state *conn)
 {
@@ -431,13 +442,7 @@ static __always_inline void fill_header(struct record_header *header, __u32 kind
 	header->conn_id = conn ? conn->conn_id : 0;	/* 0: no conns entry could be made */
 	header->ssl = ssl;
 	header->socket_cookie = conn ? conn->cookie : 0;
-	/* The thread's name as the connection recorded it on this thread:
-	 * bpf_get_current_comm's bytes without the helper (a thread renamed
-	 * since keeps its old name here). */
-	if (conn && conn->comm_tid == (__u32)pid_tgid)
-		__builtin_memcpy(header->comm, conn->comm, sizeof(header->comm));
-	else
-		bpf_get_current_comm(&header->comm, sizeof(header->comm));
+	read_comm(header->comm);
 }
 
 /* Whether the thread's last call found this SSL* on this socket and no
@@ -826,8 +831,7 @@ int BPF_KRETPROBE(call_return, int ret)
 		fresh.conn_id = new_conn_id();
 		fresh.uid = (__u32)bpf_get_current_uid_gid();
 		bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
-		fresh.comm_tid = (__u32)pid_tgid;
-		bpf_map_update_elem(&conns, &emit.key, &fresh, BPF_NOEXIST);
+			bpf_map_update_elem(&conns, &emit.key, &fresh, BPF_NOEXIST);
 		conn = bpf_map_lookup_elem(&conns, &emit.key);
 		/* Its socket is not in the entry: the next socket I/O must look
 		 * (known_socket trusts only an entry it saw with its socket). */
