@@ -483,12 +483,26 @@ def paired(runs: list[Run], readers: list[str]) -> Table:
     return table
 
 
+def _cycle_cell(values: list[float], period: int) -> str:
+    """Ratios of rounds whose attach order rotates with `period`: the build that runs first
+    on a probe hit pays the cache misses (measured: up to ±12 %), so each full rotation is
+    one measurement (its geometric mean); then their mean, range and the rounds."""
+    cycles = [math.prod(values[start:start + period]) ** (1 / period)
+              for start in range(0, len(values) - period + 1, period)]
+    rounds = " ".join(f"{value:.2f}" for value in values)
+    if not cycles:
+        return f"— (rounds {rounds}: no full rotation)"
+    return (f"{statistics.fmean(cycles):.3f} [{min(cycles):.3f}..{max(cycles):.3f}] "
+            f"(rounds {rounds})")
+
+
 def together_table(runs: list[Run], builds: list[str]) -> Table:
     """Builds attached at once: each program of each build against the same program of the
     first build (--together order), per run."""
     first_name = builds[0]
-    table = Table(f"builds attached together, each against {first_name} in the same run: "
-                  "median / mean of per-round ratios (each round)",
+    period = len(builds)
+    table = Table(f"builds attached together, each against {first_name} in the same run: mean "
+                  f"over full attach-order rotations ({period} rounds each) [their range]",
                   ["build", "program", f"{first_name} avg ns", "ratio"])
     requests = sum(run.requests for run in runs)
     programs = list(dict.fromkeys(p.name.split("/", 1)[1] for run in runs for p in run.programs
@@ -505,9 +519,9 @@ def together_table(runs: list[Run], builds: list[str]) -> Table:
                 if base:
                     base_ns += base.run_time_ns
                     base_runs += base.run_cnt
-            if base_runs < 0.1 * requests:
+            if base_runs < 0.1 * requests or len(ratios) != len(runs):
                 continue   # too rare in this workload to compare
-            table.add(build, program, f"{base_ns / base_runs:.0f}", _ratio_cell(ratios))
+            table.add(build, program, f"{base_ns / base_runs:.0f}", _cycle_cell(ratios, period))
         ratios = []
         for run in runs:
             build_ns = sum(p.run_time_ns for p in run.programs
@@ -516,7 +530,7 @@ def together_table(runs: list[Run], builds: list[str]) -> Table:
                            if p.name.startswith(f"{first_name}/"))
             if first_ns:
                 ratios.append(build_ns / first_ns)
-        table.add(build, "(all programs, ns)", "", _ratio_cell(ratios))
+        table.add(build, "(all programs, ns)", "", _cycle_cell(ratios, period))
     table.notes.append("attach order rotated each round; both builds run on every call, so "
                        "the req/s of this run is not the cost of either alone")
     return table

@@ -77,8 +77,8 @@ struct {
 /* The last connection id handed out: ids are unique while the object is
  * loaded (an SSL* is not: allocators hand a freed one's address to the next). */
 __u64 last_conn_id = 0;
-/* Connections ended so far (any process): a thread's remembered connection
- * (call_state.last_*) is trusted only while no connection ended since. */
+/* Connections ended so far (any process): a connection a thread remembers
+ * (thread_state.known) is trusted only while no connection ended since. */
 __u64 conn_ends = 0;
 
 /* An SSL read/write call in flight, per thread. */
@@ -91,13 +91,25 @@ struct call_state {
 	__u8 ex;
 	__u8 active;		/* between an entry probe and its return */
 	__u8 resolved;		/* the socket of this call was looked at */
-	/* The connection the thread's last call was found on (kept across
-	 * calls; see known_socket): its SSL*, socket, fd, and conn_ends then. */
-	__u64 last_ssl;
-	__u64 last_sk;
-	__u64 last_ends;
-	__s32 last_fd;
+};
+
+/* A connection a thread's call was found on (see known_socket): its SSL*,
+ * socket and fd, and conn_ends when it was seen. */
+struct known_conn {
+	__u64 ssl;
+	__u64 sk;
+	__u64 ends;
+	__s32 fd;
 	__u32 _pad;
+};
+
+/* Connections a thread remembers, by a hash of the SSL*: a server thread
+ * (nginx's worker, wrk's thread) takes turns on many connections. */
+#define KNOWN_CONNS 16
+
+struct thread_state {
+	struct call_state call;
+	struct known_conn known[KNOWN_CONNS];
 };
 
 /* Task storage, not a hash keyed by tid: a per-thread slot freed with the
@@ -108,7 +120,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct call_state);
+	__type(value, struct thread_state);
 } calls SEC(".maps");
 
 struct conn_key {
@@ -182,16 +194,18 @@ static __always_inline __u64 ring_flags(__u64 size)
 
 static __always_inline int enter(struct pt_regs *ctx, __u8 direction, __u8 ex)
 {
+	struct thread_state *thread;
 	struct call_state *state;
 
 	/* Filtered here so that filtered-out calls cost no storage. Without
 	 * -p/-u the verifier drops the test and its helper call (constants). */
 	if ((target_pid || filter_uid) && !wanted(bpf_get_current_pid_tgid()))
 		return 0;
-	state = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0,
-				     BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!state)
+	thread = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0,
+				      BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!thread)
 		return 0;	/* no memory for this thread's slot: nothing to report */
+	state = &thread->call;
 	state->ssl = PT_REGS_PARM1(ctx);
 	state->buf = PT_REGS_PARM2(ctx);
 	if (ex == CALL_IOV)
@@ -364,19 +378,24 @@ static __always_inline void end_connection(const struct conn_key *key, __u64 con
 	emit_close(key, &copy, cause, tid);
 }
 
-/* Remember in the thread's slot that `call`'s SSL* is the connection on
- * `sk` (fd `fd`), as of `ends` (conn_ends read before the conns lookup). */
-static __always_inline void remember_thread(struct call_state *call, __u64 sk_id, __s32 fd,
-					    __u64 ends)
+/* Remember in the thread's `known` slot (NULL: none) that `call`'s SSL* is
+ * the connection on `sk` (fd `fd`), as of `ends` (conn_ends read before the
+ * conns lookup). */
+static __always_inline void remember_known(struct known_conn *known, const struct call_state *call,
+					   __u64 sk_id, __s32 fd, __u64 ends)
 {
-	call->last_ssl = call->ssl;
-	call->last_sk = sk_id;
-	call->last_fd = fd;
-	call->last_ends = ends;
+	if (!known)
+		return;
+	known->ssl = call->ssl;
+	known->sk = sk_id;
+	known->fd = fd;
+	known->ends = ends;
 }
 
-static __always_inline void remember_socket(__u64 pid_tgid, struct call_state *call,
-					    struct sock *sk)
+/* The socket I/O of `call` is on `sk`: find or make its connection, and
+ * name the call's fd. `known`: the thread's slot for the SSL*, or NULL. */
+static __always_inline void remember_socket_known(__u64 pid_tgid, struct call_state *call,
+						  struct sock *sk, struct known_conn *known)
 {
 	__u64 ends = conn_ends;	/* before the lookup: an end after it invalidates */
 	struct conn_key key = { .pid = pid_tgid >> 32, .ssl = call->ssl };
@@ -387,7 +406,7 @@ static __always_inline void remember_socket(__u64 pid_tgid, struct call_state *c
 
 	if (conn && conn->sk == sk_id) {
 		call->fd = conn->fd;
-		remember_thread(call, sk_id, conn->fd, ends);
+		remember_known(known, call, sk_id, conn->fd, ends);
 		return;
 	}
 	if (conn && conn->sk) {
@@ -413,8 +432,15 @@ static __always_inline void remember_socket(__u64 pid_tgid, struct call_state *c
 	call->fd = fresh.fd;
 	link.conn_id = fresh.conn_id;
 	if (!bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY))
-		remember_thread(call, sk_id, fresh.fd, ends);
+		remember_known(known, call, sk_id, fresh.fd, ends);
 	bpf_map_update_elem(&sock_conns, &sk_id, &link, BPF_ANY);
+}
+
+/* The same for a call with no thread slot (gotls.bpf.c's goroutines). */
+static __always_inline __attribute__((unused)) void
+remember_socket(__u64 pid_tgid, struct call_state *call, struct sock *sk)
+{
+	remember_socket_known(pid_tgid, call, sk, NULL);
 }
 
 /* The current thread's name, as bpf_get_current_comm gives it, read
@@ -445,30 +471,42 @@ static __always_inline void fill_header(struct record_header *header, __u32 kind
 	read_comm(header->comm);
 }
 
-/* Whether the thread's last call found this SSL* on this socket and no
+/* The thread's slot for an SSL* (Fibonacci hashing of the pointer). */
+static __always_inline struct known_conn *known_slot(struct thread_state *thread, __u64 ssl)
+{
+	return &thread->known[((ssl * 0x9E3779B97F4A7C15ULL) >> 60) & (KNOWN_CONNS - 1)];
+}
+
+/* Whether this thread found the call's SSL* on this socket before and no
  * connection ended since: then its conns entry is the one that was seen
  * (same connection id, socket and fd) and needs no lookup. The entry could
  * also go silently (LRU eviction), but call_return looks it up on every
- * call, so a connection in use is never the least recently used. */
-static __always_inline bool known_socket(const struct call_state *call, __u64 sk_id)
+ * call, so a connection in use is never the least recently used; and
+ * call_return forgets the slot when it finds no entry. */
+static __always_inline bool known_socket(const struct known_conn *known,
+					 const struct call_state *call, __u64 sk_id)
 {
-	return call->last_ssl == call->ssl && call->last_sk == sk_id &&
-	       call->last_ends == conn_ends;
+	return known->ssl == call->ssl && known->sk == sk_id && known->ends == conn_ends;
 }
 
 static __always_inline int on_socket_io(struct sock *sk)
 {
-	struct call_state *call = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0, 0);
+	struct thread_state *thread = bpf_task_storage_get(&calls, bpf_get_current_task_btf(),
+							   0, 0);
+	struct known_conn *known;
+	struct call_state *call;
 
 	/* Not inside an SSL call we trace, or its socket is known already. */
-	if (!call || !call->active || call->resolved)
+	if (!thread || !thread->call.active || thread->call.resolved)
 		return 0;
+	call = &thread->call;
 	call->resolved = 1;
-	if (known_socket(call, (__u64)sk)) {
-		call->fd = call->last_fd;	/* as remember_socket would: conn->fd */
+	known = known_slot(thread, call->ssl);
+	if (known_socket(known, call, (__u64)sk)) {
+		call->fd = known->fd;	/* as remember_socket would: conn->fd */
 		return 0;
 	}
-	remember_socket(bpf_get_current_pid_tgid(), call, sk);
+	remember_socket_known(bpf_get_current_pid_tgid(), call, sk, known);
 	return 0;
 }
 
@@ -788,7 +826,8 @@ SEC("uretprobe")
 int BPF_KRETPROBE(call_return, int ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct call_state *found = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0, 0);
+	struct thread_state *thread = bpf_task_storage_get(&calls, bpf_get_current_task_btf(),
+							   0, 0);
 	struct emit_context emit = {};
 	struct conn_state fresh = {};
 	struct tls_data_event *event;
@@ -798,10 +837,10 @@ int BPF_KRETPROBE(call_return, int ret)
 	__u8 fault = 0;
 	__u64 len;
 
-	if (!found || !found->active)
+	if (!thread || !thread->call.active)
 		return 0;
-	call = *found;
-	found->active = 0;
+	call = thread->call;
+	thread->call.active = 0;
 	/* A handshake moves no application data; it was there for the fd. */
 	if (call.direction == CALL_HANDSHAKE)
 		return 0;
@@ -831,11 +870,11 @@ int BPF_KRETPROBE(call_return, int ret)
 		fresh.conn_id = new_conn_id();
 		fresh.uid = (__u32)bpf_get_current_uid_gid();
 		bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
-			bpf_map_update_elem(&conns, &emit.key, &fresh, BPF_NOEXIST);
+		bpf_map_update_elem(&conns, &emit.key, &fresh, BPF_NOEXIST);
 		conn = bpf_map_lookup_elem(&conns, &emit.key);
 		/* Its socket is not in the entry: the next socket I/O must look
 		 * (known_socket trusts only an entry it saw with its socket). */
-		found->last_ssl = 0;
+		known_slot(thread, call.ssl)->ssl = 0;
 	}
 	event = bpf_map_lookup_elem(&scratch, &zero);
 	/* Cannot happen (a one-entry array); the verifier wants the test. */
