@@ -1,6 +1,7 @@
 """What the kernel side of `ecapture tls` costs per program run, on the judging workload.
 
-`python -m bench.bpf_cost [--rounds 3] [--seconds 4] [--readers skip,json]`
+`python -m bench.bpf_cost [--rounds 3] [--seconds 4] [--readers skip,json]
+    [--workload wrk|producer] [--variant NAME=OBJ ...] [--together NAME=OBJ ...]`
 
 nginx (one worker, TLS, `return 200 "ok"`) + `wrk -t1 -c8` on loopback, as in
 bench/workload.py, interleaved per round: no tracing, then each reader. With the kernel's
@@ -18,9 +19,16 @@ Readers:
   json  `ecapture tls --format json --eventaddr FILE` (ecapture refuses /dev/null): the whole
         tool, its output to a scratch file deleted after each run.
 
-Both report the kernel's `stats` counters of the run (records submitted, lost to a full ring):
-a full ring takes a cheaper path through the programs, so avg ns is comparable only between
-runs that lost about the same share.
+  skip:NAME  the skip reader with another build of tls.bpf.o (--variant NAME=OBJ).
+  together   every --together build attached at once in one skip reader: each program of
+             each build is compared with the first build's in the same run (the attach order
+             rotates each round: the build that runs first on a probe hit pays the cache
+             misses). Between runs, load noise on this shared machine (±15-30 %) hides changes
+             of 5-10 %; within a together run it does not (docs/performance.md#kernel-side-cost).
+
+Every run reports the kernel's `stats` counters (records submitted, lost to a full ring): a
+full ring takes a cheaper path through the programs, so avg ns is comparable only between runs
+that lost about the same share. A JSON copy goes to bench/results/bpf-cost-*.json.
 """
 
 from __future__ import annotations
