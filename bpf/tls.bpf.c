@@ -77,6 +77,9 @@ struct {
 /* The last connection id handed out: ids are unique while the object is
  * loaded (an SSL* is not: allocators hand a freed one's address to the next). */
 __u64 last_conn_id = 0;
+/* Connections ended so far (any process): a connection a thread remembers
+ * (thread_state.known) is trusted only while no connection ended since. */
+__u64 conn_ends = 0;
 
 /* An SSL read/write call in flight, per thread. */
 struct call_state {
@@ -90,6 +93,25 @@ struct call_state {
 	__u8 resolved;		/* the socket of this call was looked at */
 };
 
+/* A connection a thread's call was found on (see known_socket): its SSL*,
+ * socket and fd, and conn_ends when it was seen. */
+struct known_conn {
+	__u64 ssl;
+	__u64 sk;
+	__u64 ends;
+	__s32 fd;
+	__u32 _pad;
+};
+
+/* Connections a thread remembers, by a hash of the SSL*: a server thread
+ * (nginx's worker, wrk's thread) takes turns on many connections. */
+#define KNOWN_CONNS 16
+
+struct thread_state {
+	struct call_state call;
+	struct known_conn known[KNOWN_CONNS];
+};
+
 /* Task storage, not a hash keyed by tid: a per-thread slot freed with the
  * thread and never evicted while the thread lives (an LRU hash of 16384
  * could drop calls of busy servers with more threads). Measured as fast as
@@ -98,7 +120,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct call_state);
+	__type(value, struct thread_state);
 } calls SEC(".maps");
 
 struct conn_key {
@@ -172,16 +194,18 @@ static __always_inline __u64 ring_flags(__u64 size)
 
 static __always_inline int enter(struct pt_regs *ctx, __u8 direction, __u8 ex)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct thread_state *thread;
 	struct call_state *state;
 
-	/* Filtered here so that filtered-out calls cost no storage. */
-	if (!wanted(pid_tgid))
+	/* Filtered here so that filtered-out calls cost no storage. Without
+	 * -p/-u the verifier drops the test and its helper call (constants). */
+	if ((target_pid || filter_uid) && !wanted(bpf_get_current_pid_tgid()))
 		return 0;
-	state = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0,
-				     BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!state)
+	thread = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0,
+				      BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!thread)
 		return 0;	/* no memory for this thread's slot: nothing to report */
+	state = &thread->call;
 	state->ssl = PT_REGS_PARM1(ctx);
 	state->buf = PT_REGS_PARM2(ctx);
 	if (ex == CALL_IOV)
@@ -349,13 +373,31 @@ static __always_inline void end_connection(const struct conn_key *key, __u64 con
 	/* Another CPU ended it between the lookup and here. */
 	if (bpf_map_delete_elem(&conns, key))
 		return;
+	__sync_fetch_and_add(&conn_ends, 1);
 	forget_socket(copy.sk, copy.conn_id);
 	emit_close(key, &copy, cause, tid);
 }
 
-static __always_inline void remember_socket(__u64 pid_tgid, struct call_state *call,
-					    struct sock *sk)
+/* Remember in the thread's `known` slot (NULL: none) that `call`'s SSL* is
+ * the connection on `sk` (fd `fd`), as of `ends` (conn_ends read before the
+ * conns lookup). */
+static __always_inline void remember_known(struct known_conn *known, const struct call_state *call,
+					   __u64 sk_id, __s32 fd, __u64 ends)
 {
+	if (!known)
+		return;
+	known->ssl = call->ssl;
+	known->sk = sk_id;
+	known->fd = fd;
+	known->ends = ends;
+}
+
+/* The socket I/O of `call` is on `sk`: find or make its connection, and
+ * name the call's fd. `known`: the thread's slot for the SSL*, or NULL. */
+static __always_inline void remember_socket_known(__u64 pid_tgid, struct call_state *call,
+						  struct sock *sk, struct known_conn *known)
+{
+	__u64 ends = conn_ends;	/* before the lookup: an end after it invalidates */
 	struct conn_key key = { .pid = pid_tgid >> 32, .ssl = call->ssl };
 	struct conn_state *conn = bpf_map_lookup_elem(&conns, &key);
 	struct sock_link link = { .key = key };
@@ -364,6 +406,7 @@ static __always_inline void remember_socket(__u64 pid_tgid, struct call_state *c
 
 	if (conn && conn->sk == sk_id) {
 		call->fd = conn->fd;
+		remember_known(known, call, sk_id, conn->fd, ends);
 		return;
 	}
 	if (conn && conn->sk) {
@@ -388,8 +431,30 @@ static __always_inline void remember_socket(__u64 pid_tgid, struct call_state *c
 	read_endpoints(sk, &fresh);
 	call->fd = fresh.fd;
 	link.conn_id = fresh.conn_id;
-	bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
+	if (!bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY))
+		remember_known(known, call, sk_id, fresh.fd, ends);
 	bpf_map_update_elem(&sock_conns, &sk_id, &link, BPF_ANY);
+}
+
+/* The same for a call with no thread slot (gotls.bpf.c's goroutines). */
+static __always_inline __attribute__((unused)) void
+remember_socket(__u64 pid_tgid, struct call_state *call, struct sock *sk)
+{
+	remember_socket_known(pid_tgid, call, sk, NULL);
+}
+
+/* The current thread's name, as bpf_get_current_comm gives it, read
+ * directly from its task: two 8-byte loads instead of a helper call. The
+ * bytes are the helper's: task->comm is NUL-padded by every writer
+ * (__set_task_comm uses strscpy_pad since Linux 6.2; before, bytes after
+ * the NUL could differ, which no decoder reads: they cut at the NUL). */
+static __always_inline void read_comm(char *comm)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 *out = (__u64 *)comm;
+
+	out[0] = *(__u64 *)&task->comm[0];
+	out[1] = *(__u64 *)&task->comm[8];
 }
 
 static __always_inline void fill_header(struct record_header *header, __u32 kind,
@@ -403,18 +468,45 @@ static __always_inline void fill_header(struct record_header *header, __u32 kind
 	header->conn_id = conn ? conn->conn_id : 0;	/* 0: no conns entry could be made */
 	header->ssl = ssl;
 	header->socket_cookie = conn ? conn->cookie : 0;
-	bpf_get_current_comm(&header->comm, sizeof(header->comm));
+	read_comm(header->comm);
+}
+
+/* The thread's slot for an SSL* (Fibonacci hashing of the pointer). */
+static __always_inline struct known_conn *known_slot(struct thread_state *thread, __u64 ssl)
+{
+	return &thread->known[((ssl * 0x9E3779B97F4A7C15ULL) >> 60) & (KNOWN_CONNS - 1)];
+}
+
+/* Whether this thread found the call's SSL* on this socket before and no
+ * connection ended since: then its conns entry is the one that was seen
+ * (same connection id, socket and fd) and needs no lookup. The entry could
+ * also go silently (LRU eviction), but call_return looks it up on every
+ * call, so a connection in use is never the least recently used; and
+ * call_return forgets the slot when it finds no entry. */
+static __always_inline bool known_socket(const struct known_conn *known,
+					 const struct call_state *call, __u64 sk_id)
+{
+	return known->ssl == call->ssl && known->sk == sk_id && known->ends == conn_ends;
 }
 
 static __always_inline int on_socket_io(struct sock *sk)
 {
-	struct call_state *call = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0, 0);
+	struct thread_state *thread = bpf_task_storage_get(&calls, bpf_get_current_task_btf(),
+							   0, 0);
+	struct known_conn *known;
+	struct call_state *call;
 
 	/* Not inside an SSL call we trace, or its socket is known already. */
-	if (!call || !call->active || call->resolved)
+	if (!thread || !thread->call.active || thread->call.resolved)
 		return 0;
+	call = &thread->call;
 	call->resolved = 1;
-	remember_socket(bpf_get_current_pid_tgid(), call, sk);
+	known = known_slot(thread, call->ssl);
+	if (known_socket(known, call, (__u64)sk)) {
+		call->fd = known->fd;	/* as remember_socket would: conn->fd */
+		return 0;
+	}
+	remember_socket_known(bpf_get_current_pid_tgid(), call, sk, known);
 	return 0;
 }
 
@@ -571,19 +663,63 @@ struct emit_context {
 	struct conn_key key;
 };
 
-static long emit_chunk(__u32 index, struct emit_context *emit)
+/* Linux 6.16+: copy user memory straight into a dynptr (here: a ring
+ * record), any size up to the dynptr's. */
+extern int bpf_probe_read_user_dynptr(struct bpf_dynptr *dptr, __u32 off, __u32 size,
+				      const void *unsafe_ptr__ign) __ksym;
+
+#define DATA_HEADER_SIZE (sizeof(struct tls_data_event) - MAX_CHUNK_SIZE)
+#ifndef DIRECT_READ_MIN
+/* Chunks of more bytes than this are read straight into their ring record;
+ * smaller ones through the scratch and bpf_ringbuf_output, which takes
+ * fewer helper calls (measured: docs/performance.md#kernel-side-cost). */
+#define DIRECT_READ_MIN 4096
+#endif
+
+/* Copy the chunk's `size` bytes at `user` into the ring as the record whose
+ * header is `event` (the scratch): 0 done, 1 read fault (nothing submitted),
+ * -1 ring full. */
+static __always_inline int output_chunk(struct tls_data_event *event, __u64 size, __u64 user)
 {
-	__u32 zero = 0;
-	struct tls_data_event *event = bpf_map_lookup_elem(&scratch, &zero);
-	struct conn_state *conn;
-	__u64 offset = (__u64)index * MAX_CHUNK_SIZE;
-	__u64 record;
+	__u64 wakeup = ring_flags(DATA_HEADER_SIZE + size);
+	struct tls_data_event *out;
+	struct bpf_dynptr record;
+
+	if (size <= DIRECT_READ_MIN) {
+		if (bpf_probe_read_user(event->data, size, (void *)user))
+			return 1;
+		return bpf_ringbuf_output(&events, event, DATA_HEADER_SIZE + size, wakeup) ? -1 : 0;
+	}
+	if (bpf_ringbuf_reserve_dynptr(&events, DATA_HEADER_SIZE + size, 0, &record)) {
+		bpf_ringbuf_discard_dynptr(&record, 0);	/* a failed one is released too */
+		return -1;
+	}
+	out = bpf_dynptr_data(&record, 0, DATA_HEADER_SIZE);
+	if (!out) {	/* cannot happen: the record is larger; the verifier wants the test */
+		bpf_ringbuf_discard_dynptr(&record, 0);
+		return -1;
+	}
+	__builtin_memcpy(out, event, DATA_HEADER_SIZE);
+	if (bpf_probe_read_user_dynptr(&record, DATA_HEADER_SIZE, size, (void *)user)) {
+		bpf_ringbuf_discard_dynptr(&record, BPF_RB_NO_WAKEUP);
+		return 1;
+	}
+	bpf_ringbuf_submit_dynptr(&record, wakeup);
+	return 0;
+}
+
+/* One chunk of a call, at `offset` of the segment, its header built in the
+ * scratch `event` (filled by the caller). `conn` is the call's connection
+ * (NULL: none could be made), looked up once by the caller, so the common
+ * single-chunk call does one conns lookup. */
+static __always_inline long put_chunk(struct emit_context *emit, struct tls_data_event *event,
+				      struct conn_state *conn, __u64 offset)
+{
 	__u64 size;
 	__u32 lost_records = 0;
 	__u64 lost_bytes = 0;
+	int result;
 
-	if (!event || offset >= emit->copy_len)
-		return 1;
 	size = emit->copy_len - offset;
 	if (size > MAX_CHUNK_SIZE)
 		size = MAX_CHUNK_SIZE;
@@ -594,23 +730,23 @@ static long emit_chunk(__u32 index, struct emit_context *emit)
 	event->data_len = size;
 	if (emit->final && offset + size >= emit->copy_len)
 		event->flags |= DATA_FLAG_LAST_CHUNK;
-	record = sizeof(*event) - MAX_CHUNK_SIZE + size;
-	if (bpf_probe_read_user(event->data, size, (void *)(emit->buf + offset))) {
-		/* Not resident (probe reads cannot fault pages in): say so on
-		 * this connection with an empty record, go on with the next chunk. */
-		stat_add(STAT_READ_FAULTS, 1);
-		event->flags |= DATA_FLAG_READ_FAULT;
-		record = sizeof(*event) - MAX_CHUNK_SIZE;
-	}
-	conn = bpf_map_lookup_elem(&conns, &emit->key);
 	if (conn) {
 		lost_records = conn->lost_records;
 		lost_bytes = conn->lost_bytes;
 	}
 	event->lost_records = lost_records;
 	event->lost_bytes = lost_bytes;
-	if (bpf_ringbuf_output(&events, event, record, ring_flags(record))) {
+	result = output_chunk(event, size, emit->buf + offset);
+	if (result > 0) {
+		/* Not resident (probe reads cannot fault pages in): say so on
+		 * this connection with an empty record, go on with the next chunk. */
+		stat_add(STAT_READ_FAULTS, 1);
+		event->flags |= DATA_FLAG_READ_FAULT;
+		result = bpf_ringbuf_output(&events, event, DATA_HEADER_SIZE,
+					    ring_flags(DATA_HEADER_SIZE)) ? -1 : 0;
 		event->flags &= ~DATA_FLAG_READ_FAULT;
+	}
+	if (result < 0) {
 		stat_add(STAT_RING_FULL_RECORDS, 1);
 		stat_add(STAT_RING_FULL_BYTES, size);
 		if (conn) {
@@ -619,13 +755,25 @@ static long emit_chunk(__u32 index, struct emit_context *emit)
 		}
 		return 0;
 	}
-	event->flags &= ~DATA_FLAG_READ_FAULT;
 	stat_add(STAT_RECORDS, 1);
 	if (conn && lost_records) {	/* reported in-band just now */
 		__sync_fetch_and_add(&conn->lost_records, -(__u64)lost_records);
 		__sync_fetch_and_add(&conn->lost_bytes, -lost_bytes);
 	}
 	return 0;
+}
+
+/* bpf_loop callback: chunk `index` of the segment (also called directly
+ * for one chunk), its scratch record and connection looked up here. */
+static long emit_chunk(__u32 index, struct emit_context *emit)
+{
+	__u32 zero = 0;
+	struct tls_data_event *event = bpf_map_lookup_elem(&scratch, &zero);
+	__u64 offset = (__u64)index * MAX_CHUNK_SIZE;
+
+	if (!event || offset >= emit->copy_len)
+		return 1;
+	return put_chunk(emit, event, bpf_map_lookup_elem(&conns, &emit->key), offset);
 }
 
 /* PRIOVec (NSPR prio.h): { char *iov_base; int iov_len; }, at most
@@ -678,7 +826,8 @@ SEC("uretprobe")
 int BPF_KRETPROBE(call_return, int ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct call_state *found = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0, 0);
+	struct thread_state *thread = bpf_task_storage_get(&calls, bpf_get_current_task_btf(),
+							   0, 0);
 	struct emit_context emit = {};
 	struct conn_state fresh = {};
 	struct tls_data_event *event;
@@ -688,10 +837,10 @@ int BPF_KRETPROBE(call_return, int ret)
 	__u8 fault = 0;
 	__u64 len;
 
-	if (!found || !found->active)
+	if (!thread || !thread->call.active)
 		return 0;
-	call = *found;
-	found->active = 0;
+	call = thread->call;
+	thread->call.active = 0;
 	/* A handshake moves no application data; it was there for the fd. */
 	if (call.direction == CALL_HANDSHAKE)
 		return 0;
@@ -723,6 +872,9 @@ int BPF_KRETPROBE(call_return, int ret)
 		bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
 		bpf_map_update_elem(&conns, &emit.key, &fresh, BPF_NOEXIST);
 		conn = bpf_map_lookup_elem(&conns, &emit.key);
+		/* Its socket is not in the entry: the next socket I/O must look
+		 * (known_socket trusts only an entry it saw with its socket). */
+		known_slot(thread, call.ssl)->ssl = 0;
 	}
 	event = bpf_map_lookup_elem(&scratch, &zero);
 	/* Cannot happen (a one-entry array); the verifier wants the test. */
@@ -771,7 +923,7 @@ int BPF_KRETPROBE(call_return, int ret)
 		return 0;
 	}
 	if (emit.copy_len <= MAX_CHUNK_SIZE)
-		emit_chunk(0, &emit);	/* the common case: no bpf_loop call */
+		put_chunk(&emit, event, conn, 0);	/* the common case: no bpf_loop call */
 	else
 		bpf_loop((emit.copy_len + MAX_CHUNK_SIZE - 1) / MAX_CHUNK_SIZE, emit_chunk,
 			 &emit, 0);
