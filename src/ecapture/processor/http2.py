@@ -379,7 +379,8 @@ class Http2Parser:
         else:
             half = stream.response
             status = pseudo.get(b":status", b"")
-            if half.headers is None and status[:1] == b"1" and len(status) == 3:
+            if half.headers is None and len(status) == 3 and status[:1] == b"1" \
+                    and status.isdigit():
                 half.informational.append(int(status))  # interim response
                 return
             if half.headers is None:

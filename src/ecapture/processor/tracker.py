@@ -150,7 +150,9 @@ class ConnectionTracker:
                 del self._faulted[key]
             if event.lost_records or faulted:
                 connection.tails = [bytearray(), bytearray()]  # its start was lost
-        if connection.tails is not None:
+        if connection.parser is not None:  # a scan of held chunks started one just now
+            self._feed_parser(connection, event, out)
+        elif connection.tails is not None:
             self._scan(connection, event, out)
         else:
             self._sniff(connection, event, out)

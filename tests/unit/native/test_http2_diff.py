@@ -416,7 +416,7 @@ def test_edge_frames(frame: bytes) -> None:
         compare(feeds(chunks, 4))
 
 
-STATUSES = [b"200", b"204", b"100", b"103", b"1_3", b"12 ", b"2x0", b"", b"1000", b"09"]
+STATUSES = [b"200", b"204", b"100", b"103", b"1_3", b"12 ", b"1ab", b"2x0", b"", b"1000", b"09"]
 
 
 @pytest.mark.parametrize("status", STATUSES)
