@@ -39,7 +39,7 @@ use std::borrow::{Borrow, Cow};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use hashlink::LruCache;
 use memchr::{memchr, memmem};
@@ -428,15 +428,57 @@ fn lenient_head(head: &[u8], is_request: bool) -> Option<Head> {
 // only it accepts (see the top). Its grammar, from llhttp's http.ts and
 // url.ts, checked against httptools by tests/unit/native/test_http1_diff.py.
 const LLHTTP_HTTP_METHODS: [&[u8]; 35] = [
-    b"DELETE", b"GET", b"HEAD", b"POST", b"PUT", b"CONNECT", b"OPTIONS", b"TRACE", b"COPY",
-    b"LOCK", b"MKCOL", b"MOVE", b"PROPFIND", b"PROPPATCH", b"SEARCH", b"UNLOCK", b"BIND",
-    b"REBIND", b"UNBIND", b"ACL", b"REPORT", b"MKACTIVITY", b"CHECKOUT", b"MERGE", b"M-SEARCH",
-    b"NOTIFY", b"SUBSCRIBE", b"UNSUBSCRIBE", b"PATCH", b"PURGE", b"MKCALENDAR", b"LINK",
-    b"UNLINK", b"SOURCE", b"QUERY",
+    b"DELETE",
+    b"GET",
+    b"HEAD",
+    b"POST",
+    b"PUT",
+    b"CONNECT",
+    b"OPTIONS",
+    b"TRACE",
+    b"COPY",
+    b"LOCK",
+    b"MKCOL",
+    b"MOVE",
+    b"PROPFIND",
+    b"PROPPATCH",
+    b"SEARCH",
+    b"UNLOCK",
+    b"BIND",
+    b"REBIND",
+    b"UNBIND",
+    b"ACL",
+    b"REPORT",
+    b"MKACTIVITY",
+    b"CHECKOUT",
+    b"MERGE",
+    b"M-SEARCH",
+    b"NOTIFY",
+    b"SUBSCRIBE",
+    b"UNSUBSCRIBE",
+    b"PATCH",
+    b"PURGE",
+    b"MKCALENDAR",
+    b"LINK",
+    b"UNLINK",
+    b"SOURCE",
+    b"QUERY",
 ];
 const LLHTTP_RTSP_METHODS: [&[u8]; 14] = [
-    b"GET", b"POST", b"OPTIONS", b"DESCRIBE", b"ANNOUNCE", b"SETUP", b"PLAY", b"PAUSE",
-    b"TEARDOWN", b"GET_PARAMETER", b"SET_PARAMETER", b"REDIRECT", b"RECORD", b"FLUSH",
+    b"GET",
+    b"POST",
+    b"OPTIONS",
+    b"DESCRIBE",
+    b"ANNOUNCE",
+    b"SETUP",
+    b"PLAY",
+    b"PAUSE",
+    b"TEARDOWN",
+    b"GET_PARAMETER",
+    b"SET_PARAMETER",
+    b"REDIRECT",
+    b"RECORD",
+    b"FLUSH",
 ];
 
 /// Any method llhttp knows (an HTTP/0.9 request line names no protocol to
@@ -486,7 +528,10 @@ fn llhttp_url_end(head: &[u8], start: usize, connect: bool) -> Option<usize> {
         match head.get(at) {
             Some(b'/' | b'*') => return visible_from(at), // path, query, fragment
             Some(byte) if byte.is_ascii_alphabetic() => {
-                at += head[at..].iter().take_while(|b| b.is_ascii_alphabetic()).count();
+                at += head[at..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_alphabetic())
+                    .count();
                 if !head[at..].starts_with(b"://") {
                     return None;
                 }
@@ -514,7 +559,11 @@ fn llhttp_request_line(head: &[u8]) -> Option<(StartLine<'_>, usize)> {
     if !llhttp_method(method) {
         return None;
     }
-    let url_start = method_end + head[method_end..].iter().take_while(|&&b| b == b' ').count();
+    let url_start = method_end
+        + head[method_end..]
+            .iter()
+            .take_while(|&&b| b == b' ')
+            .count();
     let url_end = llhttp_url_end(head, url_start, method == b"CONNECT")?;
     let url = &head[url_start..url_end];
     let line = |version: &[u8]| StartLine {
@@ -556,7 +605,10 @@ fn llhttp_status_line(head: &[u8]) -> Option<(StartLine<'_>, usize)> {
     let (reason, fields_at): (&[u8], usize) = match head.get(after..) {
         Some([b'\r', b'\n', ..]) => (b"", after + 2),
         Some([b' ', rest @ ..]) => {
-            let length = rest.iter().take_while(|&&b| b != b'\r' && b != b'\n').count();
+            let length = rest
+                .iter()
+                .take_while(|&&b| b != b'\r' && b != b'\n')
+                .count();
             if !rest[length..].starts_with(b"\r\n") {
                 return None;
             }
@@ -601,14 +653,21 @@ fn llhttp_only(head: &[u8], is_request: bool) -> Option<Head> {
     }
     let headers: Headers = parsed
         .iter()
-        .map(|field| (field.name.as_bytes().to_vec(), strip_ows(field.value).to_vec()))
+        .map(|field| {
+            (
+                field.name.as_bytes().to_vec(),
+                strip_ows(field.value).to_vec(),
+            )
+        })
         .collect();
     let mut length: Option<&[u8]> = None;
     let mut codings: Vec<&[u8]> = Vec::new();
     for (name, value) in &headers {
         if name.eq_ignore_ascii_case(b"content-length") {
             let fits = value.iter().try_fold(0u64, |number, digit| {
-                number.checked_mul(10)?.checked_add(u64::from(digit.wrapping_sub(b'0')))
+                number
+                    .checked_mul(10)?
+                    .checked_add(u64::from(digit.wrapping_sub(b'0')))
             });
             if length.is_some() || decimal(value).is_none() || fits.is_none() {
                 return None; // a duplicate, not digits, or an overflow
@@ -642,6 +701,9 @@ fn llhttp_only(head: &[u8], is_request: bool) -> Option<Head> {
     Some(parsed)
 }
 
+static BLANK: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
+
 /// Parse one head (its bytes up to and with the blank line that ends it);
 /// None when it is not a valid head.
 pub fn parse_head(head: &[u8], is_request: bool) -> Option<Head> {
@@ -665,6 +727,19 @@ pub fn parse_head(head: &[u8], is_request: bool) -> Option<Head> {
 struct CachedHead {
     raw: Box<[u8]>,
     head: Arc<Head>,
+    /// `raw` ends at its first CRLF CRLF: bytes that start with `raw` hold
+    /// this head whatever follows (no search for its end is needed)
+    ends_at_blank: bool,
+}
+
+impl CachedHead {
+    fn new(raw: &[u8], head: Head) -> CachedHead {
+        CachedHead {
+            raw: raw.into(),
+            head: Arc::new(head),
+            ends_at_blank: BLANK.find(raw).is_some_and(|found| found + 4 == raw.len()),
+        }
+    }
 }
 
 /// The cache's key: the head's bytes, held once by the entry itself.
@@ -721,10 +796,7 @@ fn cached_head(head: &[u8], is_request: bool) -> Option<Arc<CachedHead>> {
     if found.is_some() {
         return found;
     }
-    let entry = Arc::new(CachedHead {
-        raw: head.into(),
-        head: Arc::new(parse_head(head, is_request)?),
-    });
+    let entry = Arc::new(CachedHead::new(head, parse_head(head, is_request)?));
     HEAD_CACHE.with_borrow_mut(|cache| {
         cache.by_direction[index].insert(HeadKey(entry.clone()), entry.clone());
     });
@@ -821,6 +893,12 @@ impl Side {
         self.skipped = 0;
     }
 
+    /// The head read last, when `buffer` starts with it (keep-alive).
+    fn repeated_head(&self, buffer: &[u8]) -> Option<Arc<Head>> {
+        let last = self.last_head.as_ref()?;
+        (last.ends_at_blank && buffer.starts_with(&last.raw)).then(|| last.head.clone())
+    }
+
     fn read_head(&mut self, head: &[u8]) -> Option<Arc<Head>> {
         if head.len() > MAX_CACHED_HEAD {
             return parse_head(head, self.is_client).map(Arc::new);
@@ -851,7 +929,7 @@ fn skip_empty_lines(buffer: &[u8], mut pos: usize) -> usize {
 /// that, its first blank line ending in a bare LF (`\n\r?\n`).
 fn head_end(buffer: &[u8], pos: usize) -> Option<usize> {
     let tail = &buffer[pos..];
-    if let Some(found) = memmem::find(tail, b"\r\n\r\n") {
+    if let Some(found) = BLANK.find(tail) {
         return Some(pos + found + 4);
     }
     for newline in memchr::memchr_iter(b'\n', tail) {
@@ -950,6 +1028,16 @@ impl Http1Parser {
             parser.sides.iter_mut().for_each(|side| side.resync(false));
         }
         parser
+    }
+
+    /// Bytes held in both sides' buffers (each stays within MAX_HEAD_BYTES).
+    pub fn buffered(&self) -> usize {
+        self.sides.iter().map(|side| side.buffer.len()).sum()
+    }
+
+    /// Exchanges held, not yet emitted (at most MAX_UNANSWERED + 1).
+    pub fn in_flight(&self) -> usize {
+        self.exchanges.len()
     }
 
     /// Hand over the partial line a mid-stream scan held for one side.
@@ -1069,14 +1157,20 @@ impl Http1Parser {
                         // RFC 9112 §2.2: skip empty lines before a start
                         pos = skip_empty_lines(buffer, pos);
                     }
-                    let Some(end) = head_end(buffer, pos) else {
-                        if size - pos > MAX_HEAD_BYTES {
-                            return self.desync(s, buffer, pos, timestamp_ns, out);
+                    let head = match self.sides[s].repeated_head(&buffer[pos..]) {
+                        Some(head) => head,
+                        None => {
+                            let Some(end) = head_end(buffer, pos) else {
+                                if size - pos > MAX_HEAD_BYTES {
+                                    return self.desync(s, buffer, pos, timestamp_ns, out);
+                                }
+                                break;
+                            };
+                            let Some(head) = self.sides[s].read_head(&buffer[pos..end]) else {
+                                return self.desync(s, buffer, pos, timestamp_ns, out);
+                            };
+                            head
                         }
-                        break;
-                    };
-                    let Some(head) = self.sides[s].read_head(&buffer[pos..end]) else {
-                        return self.desync(s, buffer, pos, timestamp_ns, out);
                     };
                     pos += head.size;
                     let framed = if self.sides[s].is_client {
