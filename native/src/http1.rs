@@ -12,23 +12,33 @@
 //! responses pair in order (pipelining included). A message ends by its
 //! framing or by the connection's close, never by a timer.
 //!
-//! Python reads heads with httptools (llhttp) first and its own lenient
-//! reader for what llhttp rejects; the two agree wherever both accept, so
-//! what matters here is where they part:
-//! - httparse rejects and llhttp accepts: a head with `Transfer-Encoding` and
-//!   `Content-Length` both, a repeated or listed `Content-Length`, several
-//!   spaces between request-line parts, a target that is not UTF-8 — all read
-//!   the same by the lenient reader, so nothing differs;
-//! - httparse accepts and llhttp rejects: bare LF line ends, an unknown
-//!   method (any token), a target llhttp's URL parser refuses (`a:b`, `?x`,
-//!   8-bit bytes): again the lenient reader, which Python falls back to, reads
-//!   them as httparse does;
-//! - llhttp alone accepts start lines that neither httparse nor the lenient
-//!   reader does: `HTTP/0.9` and `HTTP/2.0` versions, RTSP/ICE protocol names
-//!   (reported as HTTP/1.x, the protocol dropped) and CR or LF bytes before a
-//!   start line (kept in the head's size). `llhttp_only` models llhttp's
-//!   strict mode for exactly those heads, so that the exchange Python makes of
-//!   them is made here too.
+//! Python reads heads with httptools (llhttp, strict) first and its own
+//! lenient reader for what llhttp rejects, and the two read alike wherever
+//! both accept; so a head reads here as the lenient reader reads it, with
+//! httparse as the fast path (where httparse accepts, it reads what the
+//! lenient reader reads: tests/unit/native/test_http1_diff.py compares them
+//! with Python's on many heads). Where the three part:
+//! - httparse rejects, llhttp accepts: several spaces between the parts of
+//!   a request line, control bytes in a reason phrase, more header fields
+//!   than httparse is given slots for — read by the lenient reader, as Python
+//!   does — and start lines that neither httparse nor the lenient reader
+//!   take: an HTTP/0.9 request line (no version; its field lines still
+//!   follow), the versions 0.9 and 2.0, RTSP/ICE protocol names (reported
+//!   as HTTP/x.y, the protocol dropped) and CR or LF bytes before a start
+//!   line. For those `llhttp_only` models llhttp's strict grammar (its
+//!   method list, URL parser, CRLF line ends, Content-Length and
+//!   Transfer-Encoding rules), so that Python's exchange is made here too;
+//! - httparse accepts, llhttp rejects: bare LF line ends, any token as a
+//!   method, a target of any visible (or UTF-8) bytes where llhttp's URL
+//!   parser refuses some (`a:b`, `?x`, `|` in an authority, 8-bit bytes), a
+//!   repeated or listed Content-Length, Transfer-Encoding with
+//!   Content-Length, an empty Transfer-Encoding, a coding after chunked in a
+//!   request: Python then reads them with its lenient reader, which is what
+//!   this reads them with too (the framing rules of RFC 9112 §6.3 are ours);
+//! - neither: control bytes in values, any byte in a name, whitespace before
+//!   a colon, a line without a colon, an obs-fold (joined with one SP, as h11
+//!   does), 8-bit reason phrases (httparse returns "" for them: taken from
+//!   the line): the lenient reader, every field byte kept as captured.
 //!
 //! This runs for every captured chunk, so the keep-alive path is short: a
 //! head seen before is not read again (the last one of each direction is
@@ -1392,7 +1402,7 @@ impl Http1Parser {
             // joined mid-way or after a gap: a response without its request
             self.new_exchange(timestamp_ns, None);
         }
-        let index = self.exchanges.len() - self.unanswered;
+        let index = self.exchanges.len().saturating_sub(self.unanswered);
         let Some(exchange) = self.exchanges.get_mut(index) else {
             return true; // unreachable: `unanswered` counts exchanges held
         };
@@ -1478,7 +1488,7 @@ impl Http1Parser {
         if self.unanswered == 0 {
             return;
         }
-        let index = self.exchanges.len() - self.unanswered;
+        let index = self.exchanges.len().saturating_sub(self.unanswered);
         if let Some(exchange) = self.exchanges.get_mut(index) {
             if exchange.id == id && exchange.response.is_some() {
                 exchange.response_done = true;
