@@ -12,23 +12,33 @@
 //! responses pair in order (pipelining included). A message ends by its
 //! framing or by the connection's close, never by a timer.
 //!
-//! Python reads heads with httptools (llhttp) first and its own lenient
-//! reader for what llhttp rejects; the two agree wherever both accept, so
-//! what matters here is where they part:
-//! - httparse rejects and llhttp accepts: a head with `Transfer-Encoding` and
-//!   `Content-Length` both, a repeated or listed `Content-Length`, several
-//!   spaces between request-line parts, a target that is not UTF-8 — all read
-//!   the same by the lenient reader, so nothing differs;
-//! - httparse accepts and llhttp rejects: bare LF line ends, an unknown
-//!   method (any token), a target llhttp's URL parser refuses (`a:b`, `?x`,
-//!   8-bit bytes): again the lenient reader, which Python falls back to, reads
-//!   them as httparse does;
-//! - llhttp alone accepts start lines that neither httparse nor the lenient
-//!   reader does: `HTTP/0.9` and `HTTP/2.0` versions, RTSP/ICE protocol names
-//!   (reported as HTTP/1.x, the protocol dropped) and CR or LF bytes before a
-//!   start line (kept in the head's size). `llhttp_only` models llhttp's
-//!   strict mode for exactly those heads, so that the exchange Python makes of
-//!   them is made here too.
+//! Python reads heads with httptools (llhttp, strict) first and its own
+//! lenient reader for what llhttp rejects, and the two read alike wherever
+//! both accept; so a head reads here as the lenient reader reads it, with
+//! httparse as the fast path (where httparse accepts, it reads what the
+//! lenient reader reads: tests/unit/native/test_http1_diff.py compares them
+//! with Python's on many heads). Where the three part:
+//! - httparse rejects, llhttp accepts: several spaces between the parts of
+//!   a request line, control bytes in a reason phrase, more header fields
+//!   than httparse is given slots for — read by the lenient reader, as Python
+//!   does — and start lines that neither httparse nor the lenient reader
+//!   take: an HTTP/0.9 request line (no version; its field lines still
+//!   follow), the versions 0.9 and 2.0, RTSP/ICE protocol names (reported
+//!   as HTTP/x.y, the protocol dropped) and CR or LF bytes before a start
+//!   line. For those `llhttp_only` models llhttp's strict grammar (its
+//!   method list, URL parser, CRLF line ends, Content-Length and
+//!   Transfer-Encoding rules), so that Python's exchange is made here too;
+//! - httparse accepts, llhttp rejects: bare LF line ends, any token as a
+//!   method, a target of any visible (or UTF-8) bytes where llhttp's URL
+//!   parser refuses some (`a:b`, `?x`, `|` in an authority, 8-bit bytes), a
+//!   repeated or listed Content-Length, Transfer-Encoding with
+//!   Content-Length, an empty Transfer-Encoding, a coding after chunked in a
+//!   request: Python then reads them with its lenient reader, which is what
+//!   this reads them with too (the framing rules of RFC 9112 §6.3 are ours);
+//! - neither: control bytes in values, any byte in a name, whitespace before
+//!   a colon, a line without a colon, an obs-fold (joined with one SP, as h11
+//!   does), 8-bit reason phrases (httparse returns "" for them: taken from
+//!   the line): the lenient reader, every field byte kept as captured.
 //!
 //! This runs for every captured chunk, so the keep-alive path is short: a
 //! head seen before is not read again (the last one of each direction is
@@ -39,7 +49,7 @@ use std::borrow::{Borrow, Cow};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use hashlink::LruCache;
 use memchr::{memchr, memmem};
@@ -701,6 +711,9 @@ fn llhttp_only(head: &[u8], is_request: bool) -> Option<Head> {
     Some(parsed)
 }
 
+static BLANK: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
+
 /// Parse one head (its bytes up to and with the blank line that ends it);
 /// None when it is not a valid head.
 pub fn parse_head(head: &[u8], is_request: bool) -> Option<Head> {
@@ -724,6 +737,19 @@ pub fn parse_head(head: &[u8], is_request: bool) -> Option<Head> {
 struct CachedHead {
     raw: Box<[u8]>,
     head: Arc<Head>,
+    /// `raw` ends at its first CRLF CRLF: bytes that start with `raw` hold
+    /// this head whatever follows (no search for its end is needed)
+    ends_at_blank: bool,
+}
+
+impl CachedHead {
+    fn new(raw: &[u8], head: Head) -> CachedHead {
+        CachedHead {
+            raw: raw.into(),
+            head: Arc::new(head),
+            ends_at_blank: BLANK.find(raw).is_some_and(|found| found + 4 == raw.len()),
+        }
+    }
 }
 
 /// The cache's key: the head's bytes, held once by the entry itself.
@@ -780,10 +806,7 @@ fn cached_head(head: &[u8], is_request: bool) -> Option<Arc<CachedHead>> {
     if found.is_some() {
         return found;
     }
-    let entry = Arc::new(CachedHead {
-        raw: head.into(),
-        head: Arc::new(parse_head(head, is_request)?),
-    });
+    let entry = Arc::new(CachedHead::new(head, parse_head(head, is_request)?));
     HEAD_CACHE.with_borrow_mut(|cache| {
         cache.by_direction[index].insert(HeadKey(entry.clone()), entry.clone());
     });
@@ -880,6 +903,12 @@ impl Side {
         self.skipped = 0;
     }
 
+    /// The head read last, when `buffer` starts with it (keep-alive).
+    fn repeated_head(&self, buffer: &[u8]) -> Option<Arc<Head>> {
+        let last = self.last_head.as_ref()?;
+        (last.ends_at_blank && buffer.starts_with(&last.raw)).then(|| last.head.clone())
+    }
+
     fn read_head(&mut self, head: &[u8]) -> Option<Arc<Head>> {
         if head.len() > MAX_CACHED_HEAD {
             return parse_head(head, self.is_client).map(Arc::new);
@@ -910,7 +939,7 @@ fn skip_empty_lines(buffer: &[u8], mut pos: usize) -> usize {
 /// that, its first blank line ending in a bare LF (`\n\r?\n`).
 fn head_end(buffer: &[u8], pos: usize) -> Option<usize> {
     let tail = &buffer[pos..];
-    if let Some(found) = memmem::find(tail, b"\r\n\r\n") {
+    if let Some(found) = BLANK.find(tail) {
         return Some(pos + found + 4);
     }
     for newline in memchr::memchr_iter(b'\n', tail) {
@@ -1009,6 +1038,16 @@ impl Http1Parser {
             parser.sides.iter_mut().for_each(|side| side.resync(false));
         }
         parser
+    }
+
+    /// Bytes held in both sides' buffers (each stays within MAX_HEAD_BYTES).
+    pub fn buffered(&self) -> usize {
+        self.sides.iter().map(|side| side.buffer.len()).sum()
+    }
+
+    /// Exchanges held, not yet emitted (at most MAX_UNANSWERED + 1).
+    pub fn in_flight(&self) -> usize {
+        self.exchanges.len()
     }
 
     /// Hand over the partial line a mid-stream scan held for one side.
@@ -1128,14 +1167,20 @@ impl Http1Parser {
                         // RFC 9112 §2.2: skip empty lines before a start
                         pos = skip_empty_lines(buffer, pos);
                     }
-                    let Some(end) = head_end(buffer, pos) else {
-                        if size - pos > MAX_HEAD_BYTES {
-                            return self.desync(s, buffer, pos, timestamp_ns, out);
+                    let head = match self.sides[s].repeated_head(&buffer[pos..]) {
+                        Some(head) => head,
+                        None => {
+                            let Some(end) = head_end(buffer, pos) else {
+                                if size - pos > MAX_HEAD_BYTES {
+                                    return self.desync(s, buffer, pos, timestamp_ns, out);
+                                }
+                                break;
+                            };
+                            let Some(head) = self.sides[s].read_head(&buffer[pos..end]) else {
+                                return self.desync(s, buffer, pos, timestamp_ns, out);
+                            };
+                            head
                         }
-                        break;
-                    };
-                    let Some(head) = self.sides[s].read_head(&buffer[pos..end]) else {
-                        return self.desync(s, buffer, pos, timestamp_ns, out);
                     };
                     pos += head.size;
                     let framed = if self.sides[s].is_client {
@@ -1357,7 +1402,7 @@ impl Http1Parser {
             // joined mid-way or after a gap: a response without its request
             self.new_exchange(timestamp_ns, None);
         }
-        let index = self.exchanges.len() - self.unanswered;
+        let index = self.exchanges.len().saturating_sub(self.unanswered);
         let Some(exchange) = self.exchanges.get_mut(index) else {
             return true; // unreachable: `unanswered` counts exchanges held
         };
@@ -1443,7 +1488,7 @@ impl Http1Parser {
         if self.unanswered == 0 {
             return;
         }
-        let index = self.exchanges.len() - self.unanswered;
+        let index = self.exchanges.len().saturating_sub(self.unanswered);
         if let Some(exchange) = self.exchanges.get_mut(index) {
             if exchange.id == id && exchange.response.is_some() {
                 exchange.response_done = true;
