@@ -39,7 +39,7 @@ pub const MAX_SCAN_BYTES: u64 = 1 << 20;
 /// Builds the parser of an HTTP/2 connection (native/src/http2.rs): its
 /// owner and its body limit. Send, so that the tracker is (a Python object
 /// holding it may be used from any thread).
-pub type Http2Factory = fn(Arc<ConnInfo>, usize) -> Box<dyn ConnectionParser + Send>;
+pub type Http2Factory = fn(Arc<ConnInfo>, usize) -> Box<dyn ConnectionParser>;
 
 /// The tracker's limits, as ConnectionTracker's keyword arguments.
 #[derive(Clone, Copy, Debug)]
@@ -171,7 +171,7 @@ impl Owner {
 
 enum Parser {
     Http1(Box<Http1Parser>),
-    Other(Box<dyn ConnectionParser + Send>),
+    Other(Box<dyn ConnectionParser>),
 }
 
 impl Parser {
@@ -758,7 +758,7 @@ mod tests {
         }
     }
 
-    fn recorder(info: Arc<ConnInfo>, _max_body_bytes: usize) -> Box<dyn ConnectionParser + Send> {
+    fn recorder(info: Arc<ConnInfo>, _max_body_bytes: usize) -> Box<dyn ConnectionParser> {
         Box::new(Recorder { info })
     }
 
