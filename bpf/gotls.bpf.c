@@ -156,6 +156,16 @@ static __always_inline int go_enter(struct pt_regs *ctx, __u8 direction)
 	fresh.call.direction = direction;
 	fresh.call.active = 1;
 	if (direction == GO_CALL_WRITE && (__s64)ctx->cx > 0) {
+		struct go_call *entered = bpf_map_lookup_elem(&go_calls, &key);
+
+		/* This goroutine is still inside the Write it entered: Go restarts a
+		 * function from its first instruction once runtime.morestack has
+		 * grown the goroutine's stack, so the entry probe fires again for
+		 * the same call (same *tls.Conn, same length; the buffer may have
+		 * moved with the stack). Its bytes went out the first time. */
+		if (entered && !entered->call.active && entered->call.direction == GO_CALL_WRITE &&
+		    entered->call.ssl == fresh.call.ssl && entered->call.out_ptr == ctx->cx)
+			return 0;
 		/* A Write on a connection whose socket is known is reported here,
 		 * before its bytes leave: reported at its RET, the peer's answer
 		 * (read by another goroutine) could come first. (*Conn).Write
@@ -169,8 +179,9 @@ static __always_inline int go_enter(struct pt_regs *ctx, __u8 direction)
 			fresh.call.fd = conn->fd;
 			go_emit(pid_tgid, &fresh.call, fresh.call.buf, ctx->cx);
 			/* Inactive: its RET has nothing left to report, and knows
-			 * the call was seen. */
+			 * the call was seen; its length tells a restart (above). */
 			fresh.call.active = 0;
+			fresh.call.out_ptr = ctx->cx;
 			bpf_map_update_elem(&go_calls, &key, &fresh, BPF_ANY);
 			return 0;
 		}

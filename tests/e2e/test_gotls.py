@@ -468,3 +468,36 @@ def test_read_running_at_attach_is_reported_lost(
         ("in_flight", 1, len(request))]
     _stream(result.events, server.process.pid, "send", f"reply-{marker} got 2 bytes".encode())
     assert "in_flight 1 records/" in result.stderr
+
+
+DEEP_WRITES = 400
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("toolchain", TOOLCHAIN_IDS)
+def test_a_write_restarted_by_stack_growth_is_reported_once(
+    ecapture: Ecapture, go_binaries: dict[tuple[str, str], Path], tmp_path: Path,
+    toolchain: str,
+) -> None:
+    """A goroutine's stack grows in the prologue of the function that needs
+    the room, and runtime.morestack then runs that function again from its
+    first instruction: the entry probe of (*Conn).Write fires twice for one
+    call. The server writes DEEP_WRITES lines, each from a goroutine whose
+    stack is one frame deeper, so some Write grows its stack; every line
+    must be reported exactly once (it was twice, now and then, for the
+    1 MiB h2 DATA frame of test_go_https_text)."""
+    binary = go_binaries[(toolchain, "plain")]
+    tag = f"deep-{toolchain}-{time.monotonic_ns()}"
+    with go_server(binary) as server, capture(ecapture, tmp_path, "--elfpath", str(binary),
+                                              module=MODULE) as running:
+        client = run_client(binary, f"https://{server.address}/deep?n={DEEP_WRITES}", "h1",
+                            tag)
+        time.sleep(0.3)
+    result = running.finished()
+    assert_clean_stop(result, {server.process.pid, client.pid})
+    assert client.body_len == DEEP_WRITES * 10
+    [sent] = [s for s in streams(result.events).values()
+              if s.key.pid == server.process.pid and s.key.direction == "send"
+              and b"deep-0000\n" in s.data]
+    body = bytes(sent.data).partition(b"\r\n\r\n")[2]
+    assert body == b"".join(b"deep-%04d\n" % depth for depth in range(DEEP_WRITES))

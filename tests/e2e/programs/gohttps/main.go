@@ -3,8 +3,11 @@
 //	gohttps server ADDR            serve on ADDR; prints "listening ADDR" when ready
 //	gohttps client URL h1|h2 MARK  one POST of a body carrying MARK; prints the response
 //
-// The server answers /echo with a body carrying the request's marker and
-// /big?n=N with N bytes of a known pattern. With SSLKEYLOGFILE set, each side
+// The server answers /echo with a body carrying the request's marker,
+// /big?n=N with N bytes of a known pattern, and /deep?n=N (HTTP/1.1) with N
+// lines "deep-NNNN", each one tls.Conn.Write from a new goroutine whose stack
+// is DEPTH frames deep: one of them makes Write's own prologue grow the stack
+// (runtime.morestack restarts Write from its first instruction). With SSLKEYLOGFILE set, each side
 // writes its own key log (tls.Config.KeyLogWriter) for the tests to compare.
 package main
 
@@ -102,6 +105,23 @@ func serve(addr string) {
 		w.Header().Set("Content-Length", strconv.Itoa(n))
 		w.Write(pattern(n))
 	})
+	mux.HandleFunc("/deep", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			panic(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", n*10)
+		for depth := 0; depth < n; depth++ {
+			done := make(chan struct{})
+			go func(depth int) {
+				deepWrite(conn, depth, []byte(fmt.Sprintf("deep-%04d\n", depth)))
+				close(done)
+			}(depth)
+			<-done
+		}
+	})
 	listener, err := net.Listen("tcp", addr)
 	if err != nil {
 		panic(err)
@@ -116,6 +136,19 @@ func serve(addr string) {
 	fmt.Printf("listening %s\n", listener.Addr())
 	os.Stdout.Sync()
 	panic(server.ServeTLS(listener, "", ""))
+}
+
+// deepWrite writes line from `depth` frames of 40 bytes of locals below here.
+//
+//go:noinline
+func deepWrite(conn net.Conn, depth int, line []byte) int {
+	var pad [40]byte
+	if depth == 0 {
+		conn.Write(line)
+		return 0
+	}
+	pad[depth%40] = byte(depth)
+	return deepWrite(conn, depth-1, line) + int(pad[(depth+1)%40])
 }
 
 func client(url, proto, marker string) {
