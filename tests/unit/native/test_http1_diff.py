@@ -24,14 +24,13 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
 from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from processor import (  # tests/unit/processor, the Python tracker's own tests
     factories,
@@ -61,11 +60,6 @@ def _key(item: object) -> Key | None:
     return None
 
 
-class PythonSniffBug(Exception):
-    """The Python tracker raised its known IndexError in _sniff (see
-    test_gap_after_held_chunks_that_start_a_parser): nothing to compare."""
-
-
 class TwinTracker:
     """A ConnectionTracker that is two: the Python one, whose items it
     returns, and the Rust one, whose items must equal them at every call."""
@@ -91,12 +85,7 @@ class TwinTracker:
             raise AssertionError("\n".join(lines))
 
     def feed(self, event: TlsData) -> list[ProcessorItem]:
-        try:
-            items = self.python.feed(event)
-        except IndexError as error:
-            if traceback.extract_tb(error.__traceback__)[-1].name == "_sniff":
-                raise PythonSniffBug from error
-            raise
+        items = self.python.feed(event)
         connection = self.python._connections.get((event.pid, event.conn_id))
         if connection is not None and isinstance(connection.parser, Http2Parser):
             self.http2.add((event.pid, event.conn_id))
@@ -294,13 +283,6 @@ def sessions(draw: st.DrawFn) -> tuple[dict[str, Any], list[tuple[str, object]]]
 
 
 def _replay(options: dict[str, Any], calls: list[tuple[str, object]]) -> None:
-    try:
-        _replay_calls(options, calls)
-    except PythonSniffBug:
-        reject()
-
-
-def _replay_calls(options: dict[str, Any], calls: list[tuple[str, object]]) -> None:
     tracker = TwinTracker(**options)
     for call, event in calls:
         if call == "feed":
@@ -330,13 +312,10 @@ def test_sessions_give_the_same_items(session: tuple[dict[str, Any], list[tuple[
 def test_garbage_gives_the_same_items(chunks: list[tuple[Direction, bytes, int]], start: bytes
                                       ) -> None:
     tracker = TwinTracker(max_body_bytes=64)
-    try:
-        tracker.feed(tls_data(start, SEND, timestamp_ns=0))
-        for index, (direction, data, roll) in enumerate(chunks, 1):
-            tracker.feed(tls_data(data, direction, timestamp_ns=index,
-                                  lost_records=int(roll == 0), truncated=roll == 1))
-    except PythonSniffBug:
-        reject()
+    tracker.feed(tls_data(start, SEND, timestamp_ns=0))
+    for index, (direction, data, roll) in enumerate(chunks, 1):
+        tracker.feed(tls_data(data, direction, timestamp_ns=index,
+                              lost_records=int(roll == 0), truncated=roll == 1))
     tracker.close(conn_close())
     tracker.flush()
 
