@@ -46,10 +46,7 @@ class Step:
     records: list[bytes] = field(default_factory=list)
 
 
-def run_python(steps: list[Step], tsize: int, tracker: ConnectionTracker | None) -> bytes:
-    sink = Collecting()
-    pipeline = Pipeline([JsonLinesWriter("tls", sink, tsize=tsize)], tracker=tracker,
-                        clock=Clock(OFFSET))
+def drive(pipeline: Pipeline | NativePipeline, steps: list[Step]) -> None:
     for step in steps:
         if step.kind == "batch":
             if step.records:
@@ -59,22 +56,19 @@ def run_python(steps: list[Step], tsize: int, tracker: ConnectionTracker | None)
         else:
             pipeline.tick(0)
     pipeline.finish()
+
+
+def run_python(steps: list[Step], tsize: int, tracker: ConnectionTracker | None) -> bytes:
+    sink = Collecting()
+    drive(Pipeline([JsonLinesWriter("tls", sink, tsize=tsize)], tracker=tracker,
+                   clock=Clock(OFFSET)), steps)
     return bytes(sink.data)
 
 
 def run_native(steps: list[Step], tsize: int, tracker: ConnectionTracker | None) -> bytes:
     sink = Collecting()
-    pipeline = NativePipeline("tls", sink, [], tsize=tsize, tracker=tracker, nice=0,
-                              clock=Clock(OFFSET))
-    for step in steps:
-        if step.kind == "batch":
-            if step.records:
-                pipeline.handle_batch(step.records)
-        elif step.kind == "park":
-            pipeline.park(step.records)
-        else:
-            pipeline.tick(0)
-    pipeline.finish()
+    drive(NativePipeline("tls", sink, [], tsize=tsize, tracker=tracker, nice=0,
+                         clock=Clock(OFFSET)), steps)
     return bytes(sink.data)
 
 
