@@ -35,6 +35,10 @@ pytestmark = pytest.mark.e2e
 
 INTERFACE = "lo"
 WAIT_S = 10.0
+# The servers listen in a namespace of their own, on the HTTPS port: plain tshark picks a
+# dissector by port, and a random one may be registered to another protocol (a CI run drew
+# one that tshark read as CBSP, and so never tried TLS on it).
+HTTPS_PORT = 443
 TLS13_LABELS = {"CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
                 "CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0", "EXPORTER_SECRET"}
 LABELS = {"1.2": {"CLIENT_RANDOM"}, "1.3": TLS13_LABELS}
@@ -93,7 +97,7 @@ def gnutls_serv(directory: Path, certificate: Certificate, netns: tuple[str, ...
     directory.mkdir(parents=True, exist_ok=True)
     data = directory / "answer.txt"
     data.write_bytes(answer)
-    port = targets.free_port()
+    port = HTTPS_PORT
     argv = [*netns, "gnutls-serv", "--http", f"--httpdata={data}", "--port", str(port),
             "--x509certfile", str(certificate.cert), "--x509keyfile", str(certificate.key)]
     log = directory / "gnutls-serv.log"
@@ -107,7 +111,7 @@ def nginx(directory: Path, certificate: Certificate, netns: tuple[str, ...]) -> 
     require_programs("nginx")
     directory.mkdir(parents=True, exist_ok=True)
     files = targets.write_site(directory / "html")
-    port = targets.free_port()
+    port = HTTPS_PORT
     conf = directory / "nginx.conf"
     conf.write_text(targets.NGINX_CONF.format(
         prefix=directory, host=targets.HOST, port=port, cert=certificate.cert,
