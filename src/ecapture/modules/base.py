@@ -581,7 +581,12 @@ class Module(abc.ABC):
         while not self._abort.is_set() and _monotonic() < deadline:
             handled = False
             if self._native is not None:
-                records, nbytes = self._native.poll(0)
+                try:
+                    records, nbytes = self._native.poll(0)
+                except SinkError:  # that slice, and what the ring still holds, undelivered
+                    self._native.count_undelivered()
+                    self._count_left(self._unread(ring), ring, LossReason.UNDELIVERED)
+                    raise
                 if records:
                     handled = True
                     done_records += records
