@@ -84,6 +84,7 @@ run: deps venv bpf native
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
 	cd native && cargo fmt --check && ECAPTURE_BPF_BUILT=1 cargo clippy -q --all-targets -- -D warnings
+	cd native/fuzz && cargo fmt --check
 
 # The Rust core's own tests (parsers, writer, ring) run without root.
 native-test:

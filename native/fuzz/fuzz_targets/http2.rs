@@ -28,7 +28,11 @@ fn chunk(data: &[u8], timestamp_ns: u64, from_client: bool, truncated: bool) -> 
         comm: "fuzz",
         conn_id: 1,
         fd: 3,
-        direction: if from_client { Direction::Send } else { Direction::Recv },
+        direction: if from_client {
+            Direction::Send
+        } else {
+            Direction::Recv
+        },
         call_id: timestamp_ns,
         call_len: data.len() as u64,
         offset: 0,
