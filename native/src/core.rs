@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::jsonl::JsonWriter;
 use crate::model::{Chunk, Close, Fault, Item, LossReason, Lost};
-use crate::record::{Decoder, Record};
+use crate::record::{Decoder, Record, TLS_DATA_HEADER_SIZE};
 use crate::tracker::{Tracker, TrackerOptions};
 
 /// Decode errors logged by the Python side at most this many times.
@@ -34,6 +34,16 @@ pub struct Counters {
     pub http_exchanges: u64,
     pub parser_errors: u64,
     pub lost: HashMap<LossReason, LossTotals>,
+}
+
+/// A batch of main-ring records as it is handled: how many, their payload
+/// (what a record carries past the tls_data_event header; a close: 0), and
+/// the newest timestamp, which orders the parked closes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Batch {
+    pub records: u64,
+    pub payload: u64,
+    newest_ns: u64,
 }
 
 /// How a core is set up (the module's configuration).
@@ -116,7 +126,7 @@ impl Core {
 
     /// One record of the main ring. Returns its timestamp when it orders
     /// the parked closes (data, close or fault), else 0.
-    pub fn record(&mut self, raw: &[u8]) -> u64 {
+    fn record(&mut self, raw: &[u8]) -> u64 {
         // The record borrows the decoder (a comm that needed replacement
         // characters lives there): taken out of self while it is handled.
         let mut decoder = std::mem::take(&mut self.decoder);
@@ -130,16 +140,7 @@ impl Core {
             Ok(record) => record,
             Err(error) => {
                 self.warn(format!("undecodable record: {error}"));
-                self.lost(Lost {
-                    timestamp_ns: now_ns(),
-                    reason: LossReason::Decode,
-                    records: 1,
-                    bytes: raw.len() as u64,
-                    pid: None,
-                    comm: None,
-                    conn_id: None,
-                    fd: None,
-                });
+                self.decode_lost(raw.len());
                 return 0;
             }
         };
@@ -170,13 +171,28 @@ impl Core {
         }
     }
 
-    /// A batch of main-ring records is done: parked closes older than its
-    /// newest record may go.
-    pub fn end_batch(&mut self, newest_ns: u64) {
-        self.batches += 1;
-        if !self.parked.is_empty() && newest_ns != 0 {
-            self.release_parked(Some(newest_ns));
+    /// One record of a main-ring batch (`record`, and what the batch counts).
+    pub fn batch_record(&mut self, batch: &mut Batch, raw: &[u8]) {
+        batch.records += 1;
+        batch.payload += raw.len().saturating_sub(TLS_DATA_HEADER_SIZE) as u64;
+        let timestamp = self.record(raw);
+        if timestamp != 0 {
+            batch.newest_ns = timestamp;
         }
+    }
+
+    /// A batch of main-ring records is done: parked closes older than its
+    /// newest record may go. Only a batch that had records counts (pipeline.py:
+    /// a tick releases the parked closes after a tick with no batch).
+    /// Returns (records, payload bytes).
+    pub fn end_batch(&mut self, batch: Batch) -> (u64, u64) {
+        if batch.records > 0 {
+            self.batches += 1;
+            if !self.parked.is_empty() && batch.newest_ns != 0 {
+                self.release_parked(Some(batch.newest_ns));
+            }
+        }
+        (batch.records, batch.payload)
     }
 
     /// A record of the spare ring (closes deferred by a full main ring).
@@ -236,16 +252,13 @@ impl Core {
             let Ok(Record::Close(close)) = decoder.decode(&parked.raw) else {
                 continue; // decoded once already when parked
             };
-            self.lost(Lost {
-                timestamp_ns: close.timestamp_ns,
-                reason: LossReason::RingFull,
-                records: 1,
-                bytes: 0,
-                pid: Some(close.pid),
-                comm: Some(Arc::from(close.comm)),
-                conn_id: Some(close.conn_id),
-                fd: Some(close.fd),
-            });
+            self.connection_loss(
+                LossReason::RingFull,
+                close.timestamp_ns,
+                1,
+                0,
+                (close.pid, close.comm, close.conn_id, close.fd),
+            );
             self.close(&close);
         }
         self.decoder = decoder;
@@ -253,15 +266,15 @@ impl Core {
 
     fn data(&mut self, chunk: &Chunk<'_>) {
         self.counters.data_bytes += chunk.data.len() as u64;
+        let owner = (chunk.pid, chunk.comm, chunk.conn_id, chunk.fd);
         if chunk.lost_records != 0 {
-            self.in_band_loss(
+            let records = u64::from(chunk.lost_records);
+            self.connection_loss(
+                LossReason::RingFull,
                 chunk.timestamp_ns,
-                chunk.lost_records,
+                records,
                 chunk.lost_bytes,
-                chunk.pid,
-                chunk.comm,
-                chunk.conn_id,
-                chunk.fd,
+                owner,
             );
         }
         self.writer.data(chunk);
@@ -270,95 +283,87 @@ impl Core {
                 .call_len
                 .saturating_sub(chunk.offset)
                 .saturating_sub(chunk.data.len() as u64);
-            self.lost(Lost {
-                timestamp_ns: chunk.timestamp_ns,
-                reason: LossReason::KernelLimit,
-                records: 0,
-                bytes: cut,
-                pid: Some(chunk.pid),
-                comm: Some(Arc::from(chunk.comm)),
-                conn_id: Some(chunk.conn_id),
-                fd: Some(chunk.fd),
-            });
+            self.connection_loss(LossReason::KernelLimit, chunk.timestamp_ns, 0, cut, owner);
         }
-        if let Some(tracker) = self.tracker.as_mut() {
-            let mut items = std::mem::take(&mut self.items);
-            let fed = catch_unwind(AssertUnwindSafe(|| tracker.feed(chunk, &mut items)));
-            if fed.is_err() {
-                // A parser bug must not end the capture: the raw bytes already
-                // went out as a "data" event; say it, count it, go on.
-                self.counters.parser_errors += 1;
-                self.warn(format!(
+        self.track(
+            |tracker, items| tracker.feed(chunk, items),
+            || {
+                format!(
                     "the HTTP processor failed on a chunk of {} pid {} conn {:#x}",
                     chunk.comm, chunk.pid, chunk.conn_id
-                ));
-                items.clear();
-            }
-            self.emit(&mut items);
-            self.items = items;
-        }
+                )
+            },
+        );
     }
 
     fn close(&mut self, close: &Close<'_>) {
         self.counters.connections_closed += 1;
         if close.lost_records != 0 {
-            self.in_band_loss(
+            let owner = (close.pid, close.comm, close.conn_id, close.fd);
+            let records = u64::from(close.lost_records);
+            self.connection_loss(
+                LossReason::RingFull,
                 close.timestamp_ns,
-                close.lost_records,
+                records,
                 close.lost_bytes,
-                close.pid,
-                close.comm,
-                close.conn_id,
-                close.fd,
+                owner,
             );
         }
         self.writer.close(close);
-        if let Some(tracker) = self.tracker.as_mut() {
-            let mut items = std::mem::take(&mut self.items);
-            if catch_unwind(AssertUnwindSafe(|| tracker.close(close, &mut items))).is_err() {
-                self.counters.parser_errors += 1;
-                self.warn(format!(
+        self.track(
+            |tracker, items| tracker.close(close, items),
+            || {
+                format!(
                     "the HTTP processor failed closing pid {} conn {:#x}",
                     close.pid, close.conn_id
-                ));
-                items.clear();
-            }
-            self.emit(&mut items);
-            self.items = items;
+                )
+            },
+        );
+    }
+
+    /// One call into the tracker, its items emitted. A parser bug must not
+    /// end the capture: the raw bytes already went out as "data" events; it
+    /// is said (`what`), counted, and the capture goes on.
+    fn track(
+        &mut self,
+        call: impl FnOnce(&mut Tracker, &mut Vec<Item>),
+        what: impl FnOnce() -> String,
+    ) {
+        let Some(tracker) = self.tracker.as_mut() else {
+            return;
+        };
+        let mut items = std::mem::take(&mut self.items);
+        if catch_unwind(AssertUnwindSafe(|| call(tracker, &mut items))).is_err() {
+            self.counters.parser_errors += 1;
+            self.warn(what());
+            items.clear();
         }
+        self.emit(&mut items);
+        self.items = items;
     }
 
     fn fault(&mut self, fault: &Fault<'_>) {
-        self.lost(Lost {
-            timestamp_ns: fault.timestamp_ns,
-            reason: LossReason::ReadFault,
-            records: 1,
-            bytes: u64::from(fault.bytes),
-            pid: Some(fault.pid),
-            comm: Some(Arc::from(fault.comm)),
-            conn_id: Some(fault.conn_id),
-            fd: Some(fault.fd),
-        });
+        let owner = (fault.pid, fault.comm, fault.conn_id, fault.fd);
+        let bytes = u64::from(fault.bytes);
+        self.connection_loss(LossReason::ReadFault, fault.timestamp_ns, 1, bytes, owner);
         if let Some(tracker) = self.tracker.as_mut() {
             tracker.fault(fault);
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn in_band_loss(
+    /// A loss on one connection, named by its (pid, comm, conn_id, fd).
+    fn connection_loss(
         &mut self,
+        reason: LossReason,
         timestamp_ns: u64,
-        records: u32,
+        records: u64,
         bytes: u64,
-        pid: u32,
-        comm: &str,
-        conn_id: u64,
-        fd: i32,
+        (pid, comm, conn_id, fd): (u32, &str, u64, i32),
     ) {
         self.lost(Lost {
             timestamp_ns,
-            reason: LossReason::RingFull,
-            records: u64::from(records),
+            reason,
+            records,
             bytes,
             pid: Some(pid),
             comm: Some(Arc::from(comm)),
@@ -404,14 +409,9 @@ impl Core {
         }
         self.finished = true;
         self.release_parked(None);
-        if let Some(tracker) = self.tracker.as_mut() {
-            let mut items = std::mem::take(&mut self.items);
-            if catch_unwind(AssertUnwindSafe(|| tracker.flush(&mut items))).is_err() {
-                self.counters.parser_errors += 1;
-                items.clear();
-            }
-            self.emit(&mut items);
-        }
+        self.track(Tracker::flush, || {
+            "the HTTP processor failed flushing at the end".to_string()
+        });
         let (records, bytes) = self.writer.cut();
         if records != 0 {
             self.lost(Lost {

@@ -173,6 +173,27 @@ pub enum LossReason {
 }
 
 impl LossReason {
+    pub const ALL: [LossReason; 11] = [
+        LossReason::RingFull,
+        LossReason::KernelLimit,
+        LossReason::Tsize,
+        LossReason::QueueFull,
+        LossReason::Parser,
+        LossReason::Decode,
+        LossReason::InFlight,
+        LossReason::ReadFault,
+        LossReason::Evicted,
+        LossReason::Stopped,
+        LossReason::Undelivered,
+    ];
+
+    /// The reason whose label (events.py LossReason's value) this is.
+    pub fn from_label(label: &str) -> Option<LossReason> {
+        LossReason::ALL
+            .into_iter()
+            .find(|reason| reason.label() == label)
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             LossReason::RingFull => "ring_full",

@@ -7,14 +7,12 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use crate::core::{Core, CoreConfig};
+use crate::core::{Batch, Core, CoreConfig};
 use crate::model::{LossReason, Lost};
-use crate::record::TLS_DATA_HEADER_SIZE;
 use crate::ring::Ring;
 use crate::tracker::TrackerOptions;
 
-/// Records handled by one poll, and their payload bytes (what a record carries
-/// past the tls_data_event header; a close: 0).
+/// Records handled by one poll, and their payload bytes (core.rs Batch).
 type Handled = (u64, u64);
 
 #[pyclass(module = "ecapture._native")]
@@ -24,24 +22,8 @@ pub struct TlsCore {
 }
 
 fn reason(label: &str) -> PyResult<LossReason> {
-    Ok(match label {
-        "ring_full" => LossReason::RingFull,
-        "kernel_limit" => LossReason::KernelLimit,
-        "tsize" => LossReason::Tsize,
-        "queue_full" => LossReason::QueueFull,
-        "parser" => LossReason::Parser,
-        "decode" => LossReason::Decode,
-        "in_flight" => LossReason::InFlight,
-        "read_fault" => LossReason::ReadFault,
-        "evicted" => LossReason::Evicted,
-        "stopped" => LossReason::Stopped,
-        "undelivered" => LossReason::Undelivered,
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "unknown loss reason {other:?}"
-            )))
-        }
-    })
+    LossReason::from_label(label)
+        .ok_or_else(|| PyValueError::new_err(format!("unknown loss reason {label:?}")))
 }
 
 #[pymethods]
@@ -101,23 +83,12 @@ impl TlsCore {
                 ring.wait(timeout_ms)
                     .map_err(|error| PyOSError::new_err(format!("waiting on the ring: {error}")))?;
             }
-            let mut newest = 0u64;
-            let mut payload = 0u64;
-            let consumed = ring
-                .consume(max_records, max_bytes, |raw| {
-                    payload += raw.len().saturating_sub(TLS_DATA_HEADER_SIZE) as u64;
-                    let timestamp = core.record(raw);
-                    if timestamp != 0 {
-                        newest = timestamp;
-                    }
-                })
-                .map_err(|error| PyOSError::new_err(format!("reading the ring: {error}")))?;
-            // Only a batch that had records counts (pipeline.py: the tick
-            // releases parked closes after a tick with no batch).
-            if consumed.records > 0 {
-                core.end_batch(newest);
-            }
-            Ok((consumed.records as u64, payload))
+            let mut batch = Batch::default();
+            ring.consume(max_records, max_bytes, |raw| {
+                core.batch_record(&mut batch, raw)
+            })
+            .map_err(|error| PyOSError::new_err(format!("reading the ring: {error}")))?;
+            Ok(core.end_batch(batch))
         })
     }
 
@@ -130,19 +101,11 @@ impl TlsCore {
     fn feed(&mut self, py: Python<'_>, records: Vec<Vec<u8>>) -> Handled {
         let core = &mut self.core;
         py.detach(|| {
-            let mut newest = 0u64;
-            let mut bytes = 0u64;
+            let mut batch = Batch::default();
             for raw in &records {
-                bytes += raw.len().saturating_sub(TLS_DATA_HEADER_SIZE) as u64;
-                let timestamp = core.record(raw);
-                if timestamp != 0 {
-                    newest = timestamp;
-                }
+                core.batch_record(&mut batch, raw);
             }
-            if !records.is_empty() {
-                core.end_batch(newest);
-            }
-            (records.len() as u64, bytes)
+            core.end_batch(batch)
         })
     }
 

@@ -47,7 +47,7 @@ def json_sink(writers: Sequence[Writer]) -> tuple[Sink, list[EventTap]] | None:
     if not writers:
         return None
     first = writers[0]
-    inner = first._writer if isinstance(first, LentWriter) else first
+    inner = first.writer if isinstance(first, LentWriter) else first
     if type(inner) is not JsonLinesWriter:
         return None
     taps = [writer for writer in writers[1:] if isinstance(writer, EventTap)]

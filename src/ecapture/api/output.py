@@ -38,6 +38,11 @@ class LentWriter:
             writer.module = module  # events name the module that captured them
 
     @property
+    def writer(self) -> Writer:
+        """The controller's writer behind this lease."""
+        return self._writer
+
+    @property
     def cut(self) -> CutCount:
         """What -t cut since this module got the writer."""
         records, nbytes = self._cut_at_lease
