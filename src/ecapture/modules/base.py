@@ -578,6 +578,18 @@ class Module(abc.ABC):
         deadline = started + self.config.drain_timeout_s
         next_progress = started + DRAIN_PROGRESS_S
         done_records = done_bytes = 0
+
+        def handed_on(records: int, nbytes: int) -> float:
+            """Count a slice written out, log progress when due; returns the time."""
+            nonlocal done_records, done_bytes, next_progress
+            done_records += records
+            done_bytes += nbytes
+            now = _monotonic()
+            if now >= next_progress:
+                next_progress = now + DRAIN_PROGRESS_S
+                self._log_drain_progress(ring, now - started, done_records, done_bytes)
+            return now
+
         while not self._abort.is_set() and _monotonic() < deadline:
             handled = False
             if self._native is not None:
@@ -587,14 +599,13 @@ class Module(abc.ABC):
                     self._native.count_undelivered()
                     self._count_left(self._unread(ring), ring, LossReason.UNDELIVERED)
                     raise
+                except OSError as error:  # a record header the kernel cannot have written
+                    log.error("reading the ring at stop: %s; what it still holds is counted "
+                              "as lost", error, extra={"capture_module": self.name})
+                    return []  # the caller counts the ring's backlog as stopped
                 if records:
                     handled = True
-                    done_records += records
-                    done_bytes += nbytes
-                    now = _monotonic()
-                    if now >= next_progress:
-                        next_progress = now + DRAIN_PROGRESS_S
-                        self._log_drain_progress(ring, now - started, done_records, done_bytes)
+                    handed_on(records, nbytes)
             for reader in self._readers:
                 batch = reader.poll(0)
                 if not batch:
@@ -608,14 +619,9 @@ class Module(abc.ABC):
                         self._count_left(left, ring, LossReason.UNDELIVERED)
                         raise
                     piece = _raw_records(batch[index:index + SLICE_RECORDS])
-                    done_records += len(piece)
-                    done_bytes += sum(map(len, piece))
-                    now = _monotonic()
+                    now = handed_on(len(piece), sum(map(len, piece)))
                     if self._abort.is_set() or now >= deadline:
                         return _raw_records(batch[index + SLICE_RECORDS:])
-                    if now >= next_progress:
-                        next_progress = now + DRAIN_PROGRESS_S
-                        self._log_drain_progress(ring, now - started, done_records, done_bytes)
             if not handled:
                 return None
         return []
