@@ -94,7 +94,8 @@ def run(context: BenchContext, tracers: list[Tracer]) -> list[StartupResult]:
                     continue
                 result = StartupResult(tracer.name, round_number, system.load_average())
                 try:
-                    markers = FIRST_EVENT_MARKERS.get(tracer.name)
+                    markers = FIRST_EVENT_MARKERS.get(
+                        "ours" if tracer.role is Role.OURS else tracer.name)
                     if markers:
                         result.first_event_seconds = _first_event(
                             tracer, server, context.workdir, markers, tracer.ready_timeout)

@@ -776,6 +776,22 @@ static long emit_chunk(__u32 index, struct emit_context *emit)
 	return put_chunk(emit, event, bpf_map_lookup_elem(&conns, &emit->key), offset);
 }
 
+/* One segment of a gather write, as chunks. A global function, so the
+ * verifier checks it once with unknown arguments: inlined in emit_iov's loop
+ * of 16 it was walked through ~200k instructions, ~0.3 s of every start. */
+__noinline int emit_segment(struct emit_context *emit)
+{
+	struct emit_context local;	/* bpf_loop's context must be on this stack */
+
+	if (!emit)
+		return 0;
+	local = *emit;
+	if (local.copy_len <= MAX_CHUNK_SIZE)
+		return emit_chunk(0, &local);
+	bpf_loop((local.copy_len + MAX_CHUNK_SIZE - 1) / MAX_CHUNK_SIZE, emit_chunk, &local, 0);
+	return 0;
+}
+
 /* PRIOVec (NSPR prio.h): { char *iov_base; int iov_len; }, at most
  * PR_MAX_IOVECTOR_SIZE (16) of them per PR_Writev. */
 struct pr_iovec {
@@ -814,10 +830,7 @@ static __always_inline void emit_iov(struct emit_context *emit, __u64 iov, __u64
 		emit->copy_len = seg;
 		emit->call_offset = done;
 		emit->final = done + seg >= total;
-		if (seg <= MAX_CHUNK_SIZE)
-			emit_chunk(0, emit);
-		else
-			bpf_loop((seg + MAX_CHUNK_SIZE - 1) / MAX_CHUNK_SIZE, emit_chunk, emit, 0);
+		emit_segment(emit);
 		done += seg;
 	}
 }
