@@ -17,6 +17,7 @@ BUILD = SOURCES.parent / "build" / "bench"
 class NativeTools:
     producer: Path   # bench/producer.c: paced SSL_write/SSL_read over a socketpair
     paced: Path      # bench/paced.c: fixed-rate HTTP/1.1 client
+    sink: Path       # bench/sink.c: counting JSON-lines sink on TCP
 
 
 def _compiler() -> str:
@@ -24,13 +25,13 @@ def _compiler() -> str:
     for name in ("gcc", "clang", "cc"):
         if shutil.which(name):
             return name
-    raise procs.BenchError("no C compiler (gcc or clang) to build bench/producer.c, bench/paced.c")
+    raise procs.BenchError("no C compiler (gcc or clang) to build bench/*.c")
 
 
 def compile_tools() -> NativeTools:
     BUILD.mkdir(parents=True, exist_ok=True)
     built = {}
-    for name in ("producer", "paced"):
+    for name in ("producer", "paced", "sink"):
         source, binary = SOURCES / f"{name}.c", BUILD / name
         if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
             result = procs.run(
@@ -44,4 +45,4 @@ def compile_tools() -> NativeTools:
                     f"{result.stderr[-300:]}"
                 )
         built[name] = binary
-    return NativeTools(producer=built["producer"], paced=built["paced"])
+    return NativeTools(producer=built["producer"], paced=built["paced"], sink=built["sink"])
