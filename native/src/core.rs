@@ -62,6 +62,10 @@ struct Parked {
     raw: Vec<u8>,
 }
 
+/// The most output buffer kept between polls (one poll writes a few MiB at
+/// most: native_path.py POLL_MAX_BYTES of records, base64 in JSON).
+pub const RETAINED_OUTPUT_BYTES: usize = 16 << 20;
+
 pub struct Core {
     writer: JsonWriter,
     tracker: Option<Tracker>,
@@ -99,9 +103,17 @@ impl Core {
         &self.counters
     }
 
-    /// The JSON lines written so far (taken: the buffer starts empty again).
-    pub fn take_output(&mut self) -> Vec<u8> {
-        self.writer.take()
+    /// The JSON lines written since the last `clear_output`.
+    pub fn output(&self) -> &[u8] {
+        self.writer.buffer()
+    }
+
+    /// Forget the lines handed on; the buffer's memory is kept (up to
+    /// RETAINED_OUTPUT_BYTES) so that a poll does not grow a fresh buffer,
+    /// copying and faulting in its pages (~20 % of the tool's CPU under
+    /// h2load, measured with perf: docs/performance.md#native-results).
+    pub fn clear_output(&mut self) {
+        self.writer.clear_retaining(RETAINED_OUTPUT_BYTES);
     }
 
     pub fn output_len(&self) -> usize {

@@ -30,6 +30,8 @@ use crate::model::{
 /// content.py DEFAULT_SCHEME: an HTTP/1 request carries no scheme, and only
 /// TLS modules produce exchanges.
 const DEFAULT_SCHEME: &[u8] = b"https";
+/// A new output buffer's capacity.
+const INITIAL_OUTPUT_BYTES: usize = 64 << 10;
 
 /// Formats items as JSON lines into its buffer; whoever drives it hands the
 /// buffer to a sink (`buffer()` + `clear()`, or `take()`).
@@ -126,7 +128,7 @@ impl JsonWriter {
             text.into_boxed_slice()
         };
         JsonWriter {
-            out: Vec::with_capacity(64 << 10),
+            out: Vec::with_capacity(INITIAL_OUTPUT_BYTES),
             tsize,
             decoded_limit: DEFAULT_DECODED_LIMIT,
             cut_records: 0,
@@ -159,6 +161,16 @@ impl JsonWriter {
     /// Forget the lines written (keeps the buffer's memory).
     pub fn clear(&mut self) {
         self.out.clear();
+    }
+
+    /// Forget the lines written; keep the buffer's memory unless it grew
+    /// past `retained` bytes (then start a small one again).
+    pub fn clear_retaining(&mut self, retained: usize) {
+        if self.out.capacity() > retained {
+            self.out = Vec::with_capacity(INITIAL_OUTPUT_BYTES);
+        } else {
+            self.out.clear();
+        }
     }
 
     /// What -t/--tsize kept out of the output: (records cut, bytes cut), as

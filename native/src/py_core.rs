@@ -157,8 +157,27 @@ impl TlsCore {
 
     /// The JSON lines written since the last call.
     fn take_output<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        let output = self.core.take_output();
-        PyBytes::new(py, &output)
+        let output = PyBytes::new(py, self.core.output());
+        self.core.clear_output();
+        output
+    }
+
+    /// Bytes of JSON lines written since the last take_output/write_output.
+    fn output_len(&self) -> usize {
+        self.core.output_len()
+    }
+
+    /// Write the JSON lines since the last call straight to `fd` (the events
+    /// sink's file or stdout): no bytes object per poll, whose fresh pages
+    /// cost more than the copy (docs/performance.md#native-results). The
+    /// lines are forgotten whether or not the write succeeds: a failed
+    /// delivery is the sink's to count. Returns the bytes written.
+    fn write_output(&mut self, py: Python<'_>, fd: i32) -> PyResult<usize> {
+        let output = self.core.output();
+        let result = py.detach(|| write_all(fd, output));
+        let written = output.len();
+        self.core.clear_output();
+        result.map(|()| written).map_err(PyErr::from)
     }
 
     fn take_warnings(&mut self) -> Vec<String> {
@@ -189,4 +208,25 @@ impl TlsCore {
             lost,
         ))
     }
+}
+
+/// write(2) until every byte is out (a pipe or terminal may take part of it);
+/// EINTR retried, any other error returned.
+fn write_all(fd: i32, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: `data` is a live, initialised slice for the whole call and
+        // the kernel reads at most data.len() bytes from its start; `fd` is
+        // only a number to the kernel, which checks it (EBADF otherwise).
+        let written = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if written < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        // write(2) returns at most data.len(), never 0 for a non-empty buffer.
+        data = &data[written.unsigned_abs()..];
+    }
+    Ok(())
 }

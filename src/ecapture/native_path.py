@@ -27,6 +27,7 @@ from ecapture.api.output import EventTap, LentWriter
 from ecapture.events import Clock, LossReason, Lost
 from ecapture.output.base import Sink, Writer
 from ecapture.output.jsonl import JsonLinesWriter
+from ecapture.output.sinks import FdSink
 from ecapture.pipeline import LossTotals, PipelineCounters
 from ecapture.processor.tracker import ConnectionTracker
 
@@ -73,6 +74,8 @@ class NativePipeline:
             parse_http=limits.parse_http if limits else False,
         )
         self._sink = sink
+        # A file or stdout: the core writes its lines to the fd itself.
+        self._direct = sink if isinstance(sink, FdSink) else None
         self._taps = tuple(taps)
         self._nice = nice
         self._boosted = False
@@ -181,11 +184,15 @@ class NativePipeline:
             if self._warnings_logged < MAX_LOGGED_WARNINGS:
                 self._warnings_logged += 1
                 log.warning("%s", warning)
-        output = self._core.take_output()
-        if not output:
+        size = self._core.output_len()
+        if not size:
             return
+        taps = [tap for tap in self._taps if tap.subscribers]
+        if self._direct is not None and not taps:
+            self._direct.write_direct(self._core.write_output, size)
+            return
+        output = self._core.take_output()
         self._sink.write(output)
         self._sink.flush()
-        for tap in self._taps:
-            if tap.subscribers:
-                tap.publish(output.splitlines())
+        for tap in taps:
+            tap.publish(output.splitlines())

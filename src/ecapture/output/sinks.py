@@ -14,6 +14,8 @@ from __future__ import annotations
 import abc
 import os
 import socket
+from collections.abc import Callable
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 from ecapture.errors import ConfigError, EcaptureError, SinkError
@@ -110,13 +112,17 @@ class _BufferedSink(abc.ABC):
         try:
             self._deliver(chunks)
         except OSError as error:
-            reason = "timed out" if isinstance(error, TimeoutError) else error.strerror or error
-            self.failed = SinkError(
-                f"{self._verb} events to {self._name} failed: {reason}; "
-                "stopping so that no traffic passes unrecorded"
-            )
-            self.dropped_bytes += sum(map(len, chunks))
-            raise self.failed from error
+            self._fail(error, sum(map(len, chunks)))
+
+    def _fail(self, error: OSError, size: int) -> NoReturn:
+        """A delivery of `size` bytes failed: the sink is dead from now on."""
+        reason = "timed out" if isinstance(error, TimeoutError) else error.strerror or error
+        self.failed = SinkError(
+            f"{self._verb} events to {self._name} failed: {reason}; "
+            "stopping so that no traffic passes unrecorded"
+        )
+        self.dropped_bytes += size
+        raise self.failed from error
 
     def close(self) -> None:
         if self._closed:
@@ -146,6 +152,21 @@ class FdSink(_BufferedSink):
 
     def _deliver(self, chunks: list[bytes]) -> None:
         write_chunks(self._fd, chunks)
+
+    def write_direct(self, write: Callable[[int], object], size: int) -> None:
+        """Have `write(fd)` put `size` bytes of its own buffer out, after what
+        is pending (the native core writes its lines itself: no bytes object
+        per poll); its OSError is a failed delivery, as flush's are."""
+        if self._closed:
+            raise EcaptureError(f"write to {self._name} after it was closed")
+        if self.failed is not None:
+            self.dropped_bytes += size
+            return
+        self.flush()
+        try:
+            write(self._fd)
+        except OSError as error:
+            self._fail(error, size)
 
     def _release(self) -> None:
         if self._owns_fd:

@@ -10,16 +10,21 @@ are the reference (src/ecapture/pipeline.py).
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from records import address, close, data, fault
 
+from ecapture.errors import SinkError
 from ecapture.events import Clock, LossReason
 from ecapture.native_path import NativePipeline
 from ecapture.output.jsonl import JsonLinesWriter
+from ecapture.output.sinks import FdSink, open_sink
 from ecapture.pipeline import Pipeline
 from ecapture.processor.tracker import ConnectionTracker
 
@@ -206,3 +211,50 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Step], int]:
 def test_random_scenarios(scenario: tuple[list[Step], int]) -> None:
     steps, tsize = scenario
     assert_same(steps, tsize=tsize)
+
+
+def keep_alive_steps() -> list[Step]:
+    records = []
+    for index in range(40):
+        records.append(data(GET, direction=1, ts=10 * index + 1))
+        records.append(data(OK + b"x" * index, direction=0, ts=10 * index + 2))
+    return [Step("batch", records[:30]), Step("tick"), Step("batch", records[30:]),
+            Step("batch", [close(ts=1000)])]
+
+
+def test_a_file_sink_is_written_by_the_core_itself_with_the_same_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    sink = open_sink(str(path))
+    assert isinstance(sink, FdSink)
+    direct: list[int] = []
+    original = sink.write_direct
+
+    def counting(write: Callable[[int], object], size: int) -> None:
+        direct.append(size)
+        original(write, size)
+
+    sink.write_direct = counting  # type: ignore[method-assign]
+    steps = keep_alive_steps()
+    drive(NativePipeline("tls", sink, [], tsize=0, tracker=ConnectionTracker(), nice=0,
+                         clock=Clock(OFFSET)), steps)
+    sink.close()
+    expected = run_python(steps, 0, ConnectionTracker())
+    assert path.read_bytes() == expected
+    assert direct and sum(direct) == len(expected)  # no bytes object went through the sink
+
+
+def test_a_failed_direct_write_is_a_sink_error_and_the_lines_are_counted_dropped() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    sink = FdSink(write_end, "a closed pipe", owns_fd=True)
+    pipeline = NativePipeline("tls", sink, [], tsize=0, tracker=ConnectionTracker(), nice=0,
+                              clock=Clock(OFFSET))
+    with pytest.raises(SinkError, match="a closed pipe failed: Broken pipe"):
+        pipeline.handle_batch([data(GET, direction=1, ts=1)])
+    dropped = sink.dropped_bytes
+    assert dropped > 0
+    # Dead from now on: what follows is counted, not written, and raises no second error.
+    pipeline.handle_batch([data(OK, direction=0, ts=2)])
+    pipeline.finish()
+    assert sink.dropped_bytes > dropped
+    sink.close()

@@ -186,3 +186,26 @@ def test_partial_writes_resume_where_they_stopped(
     sink.write(b"ijklmnopq")
     sink.close()
     assert path.read_bytes() == b"abcdefghijklmnopq"
+
+
+def test_a_direct_write_follows_what_is_pending(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    sink = open_sink(str(path))
+    assert isinstance(sink, sinks.FdSink)
+    sink.write(b"pending\n")
+    sink.write_direct(lambda fd: os.write(fd, b"direct\n"), 7)
+    sink.close()
+    assert path.read_bytes() == b"pending\ndirect\n"
+
+
+def test_a_failed_direct_write_stops_loudly_once() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    sink = sinks.FdSink(write_end, "a closed pipe", owns_fd=True)
+    with pytest.raises(SinkError, match="no traffic passes unrecorded"):
+        sink.write_direct(lambda fd: os.write(fd, b"direct"), 6)
+    sink.write_direct(lambda fd: os.write(fd, b"never"), 5)  # dead: counted, not written
+    sink.close()
+    assert sink.dropped_bytes == 11
+    with pytest.raises(EcaptureError, match="after it was closed"):
+        sink.write_direct(lambda fd: 0, 1)
