@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import struct
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -357,3 +358,65 @@ def test_a_sink_that_fails_during_the_drain_raises_after_the_summary(
     # The other writer (a HAR file, say) got the loss as an event.
     assert [(lost.reason, lost.records) for lost in good.lost()] == [
         (LossReason.UNDELIVERED, 3000)]
+
+
+class SlowDetach(FakeLoaded):
+    """Detaching takes until `released` is set (or 5 s): an uprobe's
+    unregistration waits for RCU, ~0.1 s each."""
+
+    def __init__(self, stats: dict[int, int]) -> None:
+        super().__init__(stats)
+        self.released = threading.Event()
+        self.detaching = False
+
+    def detach(self) -> None:
+        self.detaching = True
+        self.released.wait(5)
+        self.detaching = False
+        self.detached = True
+
+
+class FakeNative:
+    """The native core's poll: `ring` records, 100 a poll; lets the detach end
+    after `release_after` polls made while it runs."""
+
+    def __init__(self, loaded: SlowDetach, ring: int, release_after: int = 3) -> None:
+        self.loaded, self.ring, self.release_after = loaded, ring, release_after
+        self.polls_while_detaching = 0
+        self.read = 0
+
+    def poll(self, timeout_ms: int) -> tuple[int, int]:
+        if self.loaded.detaching:
+            self.polls_while_detaching += 1
+            if self.polls_while_detaching >= self.release_after:
+                self.loaded.released.set()
+        taken = min(100, self.ring - self.read)
+        self.read += taken
+        return taken, taken * 100
+
+    def count_undelivered(self) -> None:
+        pass
+
+
+def test_the_native_core_reads_the_ring_while_the_probes_detach(clock: FakeClock) -> None:
+    module, _ = started([RecordingWriter()], FakeReader(0))
+    loaded = SlowDetach({})
+    module._loaded = module._objects["stub"] = loaded  # type: ignore[assignment]
+    native = FakeNative(loaded, ring=1000)
+    module._native = native  # type: ignore[assignment]
+    module.stop()
+    module.close()
+    assert loaded.detached
+    assert native.polls_while_detaching >= 3  # a sequential stop would have polled 0 times
+    assert native.read == 1000  # and the rest after detaching
+
+
+def test_without_the_native_core_the_readers_wait_for_the_detach(clock: FakeClock) -> None:
+    writer = RecordingWriter()
+    module, _ = started([writer], FakeReader(10))
+    loaded = SlowDetach({})
+    loaded.released.set()
+    module._loaded = module._objects["stub"] = loaded  # type: ignore[assignment]
+    module.stop()
+    module.close()
+    assert loaded.detached and len(writer.data()) == 10

@@ -507,9 +507,7 @@ class Module(abc.ABC):
             if self.state is ModuleState.STARTED and self._loaded is not None:
                 # Detach first: under load the ring refills as fast as it is
                 # read, so only a ring nobody writes to can be drained.
-                self._undo.close()
-                for loaded in self._objects.values():
-                    loaded.detach()
+                failure = self._detach_while_reading()
                 # The drain's time counts from here: detaching (~0.75 s for 9
                 # uprobes here, each unregistration waits for RCU; longer on a
                 # loaded machine) must not eat the time to write the ring out.
@@ -517,7 +515,7 @@ class Module(abc.ABC):
                     self._drain(_monotonic())
                 except SinkError as error:
                     self._sink_failed = True
-                    failure = error
+                    failure = failure or error
                 self._report_unattributed_losses()
         finally:
             # Read while the objects are open, whatever failed: the summary
@@ -536,6 +534,50 @@ class Module(abc.ABC):
             raise failure
 
     # ----- internals --------------------------------------------------------------------
+
+    def _detach(self) -> None:
+        self._undo.close()
+        for loaded in self._objects.values():
+            loaded.detach()
+
+    def _detach_while_reading(self) -> SinkError | None:
+        """Detach every probe; meanwhile the native core goes on writing the
+        ring out. Each uprobe's unregistration waits ~0.1 s for RCU, one after
+        the other (closing them from several threads gained nothing), so a
+        stop takes about the longer of detaching and draining, not their sum.
+        The Python readers are drained after detaching, as before. Returns the
+        sink's failure, if it failed meanwhile (then the rest is undelivered)."""
+        native = self._native
+        if native is None or self._sink_failed:
+            self._detach()
+            return None
+        failed: list[BaseException] = []
+
+        def detach() -> None:
+            try:
+                self._detach()
+            except BaseException as error:  # re-raised in the closing thread
+                failed.append(error)
+
+        detaching = threading.Thread(target=detach, name="ecapture-detach", daemon=True)
+        detaching.start()
+        failure: SinkError | None = None
+        try:
+            while detaching.is_alive() and not self._abort.is_set():
+                try:
+                    native.poll(POLL_INTERVAL_MS)
+                except SinkError as error:
+                    native.count_undelivered()
+                    self._sink_failed = True
+                    failure = error
+                    break
+                except OSError:
+                    break  # the drain meets it again, and says so
+        finally:
+            detaching.join()
+        if failed:
+            raise failed[0]
+        return failure
 
     def _drain(self, started: float) -> None:
         """Hand on what the (detached, hence finite) readers still hold.
