@@ -126,6 +126,7 @@ static __always_inline void go_emit(__u64 pid_tgid, const struct call_state *cal
 	}
 	emit.buf = buf;
 	emit.copy_len = len;
+	emit.final = 1;	/* one segment: its last chunk ends the call (and says a cut) */
 	if (len > call_limit) {
 		emit.copy_len = call_limit;
 		event->flags |= DATA_FLAG_TRUNCATED;

@@ -14,6 +14,7 @@ them, its client prints them): every data event must carry those.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import hashlib
 import os
@@ -501,3 +502,39 @@ def test_a_write_restarted_by_stack_growth_is_reported_once(
               and b"deep-0000\n" in s.data]
     body = bytes(sent.data).partition(b"\r\n\r\n")[2]
     assert body == b"".join(b"deep-%04d\n" % depth for depth in range(DEEP_WRITES))
+
+
+CALL_LIMIT = 100
+
+
+@pytest.mark.timeout(120)
+def test_calls_cut_by_the_kernel_call_limit_are_counted(
+    ecapture: Ecapture, go_binaries: dict[tuple[str, str], Path], tmp_path: Path,
+) -> None:
+    """--kernel-call-limit keeps the first bytes of a longer Write or Read; the
+    rest of each such call is a `kernel_limit` loss of its connection, so
+    what the server wrote of the 1 MiB body is in the stream or counted."""
+    binary = go_binaries[(TOOLCHAIN_IDS[0], "plain")]
+    tag = f"limit-{time.monotonic_ns()}"
+    with go_server(binary) as server, capture(
+        ecapture, tmp_path, "--elfpath", str(binary), "--kernel-call-limit", str(CALL_LIMIT),
+        module=MODULE,
+    ) as running:
+        client = run_client(binary, f"https://{server.address}/big?n={BIG}", "h1", tag)
+        time.sleep(0.3)
+    result = running.finished()
+    assert result.exit_code == 0, result.stderr
+    assert client.body_len == BIG
+    server_pid = server.process.pid
+    ours = [e for e in result.events if e["type"] == "data" and e["pid"] == server_pid]
+    kept = {id(e): len(base64.b64decode(e["payload_b64"])) for e in ours}
+    assert all(size <= CALL_LIMIT for size in kept.values())
+    sent = [e for e in ours if e["direction"] == "send"]
+    assert sum(event["len"] for event in sent) >= BIG  # `len`: the whole call's length
+    assert any(event["truncated"] for event in sent)
+    cut = [e for e in result.events if e["type"] == "lost" and e["reason"] == "kernel_limit"
+           and e["pid"] == server_pid]
+    assert cut and all(event["records"] == 0 for event in cut)
+    # Every byte of every call: in the stream, or in a kernel_limit loss.
+    assert sum(kept.values()) + sum(e["bytes"] for e in cut) == sum(e["len"] for e in ours)
+    assert re.search(r"kernel_limit 0 records/[1-9][0-9]* bytes", result.stderr)
