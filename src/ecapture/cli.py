@@ -8,12 +8,11 @@ the module registry: a new module brings its own flags.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ecapture import __version__
 from ecapture.api.listen import check_listen
@@ -28,8 +27,10 @@ from ecapture.config import (
 from ecapture.errors import ConfigError, EcaptureError
 from ecapture.files import EXISTING_FILE_RULES
 from ecapture.logs import setup_logging
-from ecapture.modules.base import Module
 from ecapture.modules.registry import ALIASES, load_all, module_class
+
+if TYPE_CHECKING:
+    from ecapture.modules.base import Module
 
 log = logging.getLogger("ecapture")
 
@@ -176,6 +177,8 @@ def run(
 ) -> int:
     """The lifecycle, owned by the controller: init → start → run until
     SIGINT/SIGTERM (reloading on API requests) → close."""
+    import asyncio
+
     from ecapture.api.controller import Controller
 
     address = None if listen is None else check_listen(listen, token)

@@ -67,7 +67,7 @@ import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ecapture.bpf import (
     LoadedObject,
@@ -92,12 +92,17 @@ from ecapture.modules.parts import (
     StatsLayout,
     dispatch_decoder,
 )
-from ecapture.native_path import NativePipeline, json_sink
-from ecapture.output.base import Writer
 from ecapture.output.render import missing_renderers
-from ecapture.pipeline import Pipeline, PipelineCounters
-from ecapture.processor.interface import RecordProcessor
-from ecapture.processor.tracker import ConnectionTracker
+
+# Loaded by init(), for the data path the configuration picks: a module
+# file (imported by the registry for every command, --help included) must
+# not pull in the Python pipeline, the HTTP parsers or the writers.
+if TYPE_CHECKING:
+    from ecapture.native_path import NativePipeline
+    from ecapture.output.base import Writer
+    from ecapture.pipeline import Pipeline, PipelineCounters
+    from ecapture.processor.interface import RecordProcessor
+    from ecapture.processor.tracker import ConnectionTracker
 
 __all__ = ["Module", "ModuleState", "ProbeSpec", "Stat"]
 
@@ -279,10 +284,15 @@ class Module(abc.ABC):
         decoders = self.decoders()
         tracker, processor = self.make_tracker(), self.make_processor()
         self._native = self._native_pipeline(writers, tracker, decoders, processor)
-        self._pipeline = self._native or Pipeline(
-            writers, tracker=tracker, processor=processor,
-            decoder=decode_record if decoders is None else dispatch_decoder(decoders),
-        )
+        if self._native is not None:
+            self._pipeline = self._native
+        else:
+            from ecapture.pipeline import Pipeline
+
+            self._pipeline = Pipeline(
+                writers, tracker=tracker, processor=processor,
+                decoder=decode_record if decoders is None else dispatch_decoder(decoders),
+            )
         self._stack.callback(self._pipeline.finish)
         self.state = ModuleState.INITIALIZED
 
@@ -296,6 +306,8 @@ class Module(abc.ABC):
         wanted = self.config.data_path
         if wanted is DataPath.PYTHON:
             return None
+        from ecapture.native_path import NativePipeline, json_sink
+
         sink = json_sink(writers)
         why_not = ("the module has its own records" if decoders is not None or processor
                    is not None else "the output is not JSON lines only" if sink is None
