@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ecapture.config import CaptureModel, GlobalConfig, ProbePlacement
 from ecapture.elf.discovery import process_ssl_targets, system_libssl
@@ -26,7 +26,9 @@ from ecapture.errors import ConfigError, EcaptureError, LibraryNotFound
 from ecapture.events import Direction, LossReason, Lost
 from ecapture.modules.base import Module, ProbeSpec
 from ecapture.modules.registry import register
-from ecapture.processor.tracker import ConnectionTracker
+
+if TYPE_CHECKING:
+    from ecapture.processor.tracker import ConnectionTracker
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +326,8 @@ class OpensslModule(Module):
         return {**super().constants(), "call_limit": self.tls_config.kernel_call_limit}
 
     def make_tracker(self) -> ConnectionTracker | None:
+        from ecapture.processor.tracker import ConnectionTracker
+
         return ConnectionTracker()
 
     def summary_counts(self) -> str:
