@@ -118,6 +118,9 @@ class OpensslModule(Module):
     object_file: ClassVar[str] = "tls.bpf.o"
     spare_ring_map: ClassVar[str | None] = "spare_closes"
     summary: ClassVar[str] = "capture TLS plaintext of OpenSSL/BoringSSL programs"
+    # tls.bpf.o and its constants (filters, call_limit) come from the flags:
+    # loaded while prepare() finds the libraries and disassembles them.
+    objects_before_prepare: ClassVar[bool] = True
 
     def __new__(cls, config: GlobalConfig) -> OpensslModule:
         """-m keylog and -m pcap are subclasses (modules/tls_modes.py): their own

@@ -178,6 +178,7 @@ class SecretsMode(Module):
         "keylog_stats", {STAT_SECRETS: "secrets submitted", STAT_SECRETS_LOST: "secrets lost"},
     )
     event_types: ClassVar[tuple[type, ...]] = (KeylogSecret, TcPacket)
+    objects_before_prepare: ClassVar[bool] = False  # (not measured: loaded by start())
     watched: ClassVar[tuple[KernelCounter, ...]] = (KEYS_RING_FULL,)
 
     def __init__(self, config: GlobalConfig) -> None:
