@@ -21,15 +21,18 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from ecapture import _native
 from ecapture.api.output import EventTap, LentWriter
 from ecapture.events import Clock, LossReason, Lost
-from ecapture.output.base import Sink, Writer
 from ecapture.output.jsonl import JsonLinesWriter
 from ecapture.output.sinks import FdSink
 from ecapture.pipeline import LossTotals, PipelineCounters
-from ecapture.processor.tracker import ConnectionTracker
+
+if TYPE_CHECKING:
+    from ecapture.output.base import Sink, Writer
+    from ecapture.processor.tracker import ConnectionTracker
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ecapture.errors import DecodeError
 from ecapture.events import (
@@ -32,10 +33,12 @@ from ecapture.events import (
     TlsData,
     decode_record,
 )
-from ecapture.output.base import Writer
-from ecapture.processor.interface import RecordProcessor
 from ecapture.processor.model import HttpExchange, ProcessorItem, Unparsed
-from ecapture.processor.tracker import ConnectionTracker
+
+if TYPE_CHECKING:
+    from ecapture.output.base import Writer
+    from ecapture.processor.interface import RecordProcessor
+    from ecapture.processor.tracker import ConnectionTracker
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_PARSER_ERRORS = 5

@@ -18,8 +18,10 @@ from typing import Any
 import msgspec
 
 from ecapture.config import GlobalConfig
-from ecapture.output import JsonLinesWriter, Sink, Writer, make_writers, open_sink
+from ecapture.output import Sink, Writer, make_writers
 from ecapture.output.base import CutCount
+from ecapture.output.jsonl import JsonLinesWriter
+from ecapture.output.sinks import open_sink
 
 # Events a WebSocket client may be behind by before it misses some.
 SUBSCRIBER_QUEUE_EVENTS = 2048

@@ -76,11 +76,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
-
-import capstone
+from typing import TYPE_CHECKING
 
 from ecapture.elf.symbols import Executable
 from ecapture.errors import EcaptureError
+
+if TYPE_CHECKING:
+    import capstone
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +226,8 @@ def parse_syscall(text: str) -> BlockedSyscall | None:
 
 @lru_cache(maxsize=1)
 def _disassembler() -> capstone.Cs:
+    import capstone  # loaded by the first scan that disassembles, not by importing this
+
     return capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 
 

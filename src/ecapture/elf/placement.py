@@ -17,8 +17,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import capstone
-
 from ecapture.elf.symbols import Executable
 from ecapture.errors import SymbolNotFound
 from ecapture.events import Direction
@@ -88,6 +86,10 @@ DIRECTIONS = (
 
 
 def _disassembler() -> Any:
+    # capstone is loaded by the first disassembly (its import alone is ~20 ms
+    # and several MB), not by every command that imports this module.
+    import capstone
+
     disassembler = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     disassembler.detail = True
     return disassembler
@@ -148,12 +150,14 @@ def _is_stack_adjustment(instruction: Any) -> bool:
     if mnemonic in ("push", "endbr64", "nop"):
         return not _written_argument_registers(instruction)
     if mnemonic in ("sub", "add"):
+        from capstone import x86
+
         operands = instruction.operands
         return (
             len(operands) == 2
-            and operands[0].type == capstone.x86.X86_OP_REG
+            and operands[0].type == x86.X86_OP_REG
             and instruction.reg_name(operands[0].reg) == "rsp"
-            and operands[1].type == capstone.x86.X86_OP_IMM
+            and operands[1].type == x86.X86_OP_IMM
         )
     return False
 
@@ -188,10 +192,12 @@ def _writes_allowed_in_plain(instruction: Any, family: str) -> bool:
     `ssl_write_internal(s, buf, (size_t)num, &written)`: rdx is num sign- or
     zero-extended, rcx the address of a stack slot it reads back afterwards.
     """
+    from capstone import x86
+
     operands = instruction.operands
     if family == "rdx":
         registers = [
-            instruction.reg_name(op.reg) for op in operands if op.type == capstone.x86.X86_OP_REG
+            instruction.reg_name(op.reg) for op in operands if op.type == x86.X86_OP_REG
         ]
         return (instruction.mnemonic, registers) in (
             ("movsxd", ["rdx", "edx"]),
@@ -199,7 +205,7 @@ def _writes_allowed_in_plain(instruction: Any, family: str) -> bool:
         )
     if family == "rcx":
         if instruction.mnemonic == "mov" and len(operands) == 2:
-            return all(op.type == capstone.x86.X86_OP_REG for op in operands) and bool(
+            return all(op.type == x86.X86_OP_REG for op in operands) and bool(
                 instruction.reg_name(operands[1].reg) == "rsp"
             )
         if instruction.mnemonic == "lea":
@@ -228,15 +234,17 @@ def find_plain_call(code: bytes, vaddr: int) -> ForwardingCall | None:
     only to widen num, writes rcx only with a stack address, and branches only
     on the sign of num.
     """
+    from capstone import CS_GRP_CALL, CS_GRP_IRET, CS_GRP_JUMP, CS_GRP_RET
+
     previous = None
     for instruction in _disassembler().disasm(code, vaddr):
         target = _direct_call_target(instruction)
         if target is not None:
             return ForwardingCall(target)
         groups = set(instruction.groups)
-        if groups & {capstone.CS_GRP_CALL, capstone.CS_GRP_RET, capstone.CS_GRP_IRET}:
+        if groups & {CS_GRP_CALL, CS_GRP_RET, CS_GRP_IRET}:
             return None
-        if capstone.CS_GRP_JUMP in groups and not _is_negative_length_guard(previous, instruction):
+        if CS_GRP_JUMP in groups and not _is_negative_length_guard(previous, instruction):
             return None
         for family in _written_argument_registers(instruction):
             if not _writes_allowed_in_plain(instruction, family):

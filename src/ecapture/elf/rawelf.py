@@ -1,9 +1,11 @@
-"""Just enough ELF, read with `struct`: headers, PT_LOAD segments, one .dynsym look-up.
+"""Just enough ELF, read with `struct`: headers, PT_LOAD segments, one .dynsym look-up,
+a section by name, DT_NEEDED.
 
 Discovery judges every file mapped on the host; pyelftools' construct parsing
-costs ~4 ms per file there, these direct reads a few µs. Layouts: System V gABI,
-"ELF Header", "Program Header", "Section Header", "Symbol Table", plus the GNU
-hash section (binutils bfd/elflink.c, glibc elf/dl-lookup.c).
+costs ~4 ms per file there, these direct reads a few µs (and the TLS module's
+start-up needs no pyelftools at all). Layouts: System V gABI, "ELF Header",
+"Program Header", "Section Header", "Symbol Table", "Dynamic Section", plus the
+GNU hash section (binutils bfd/elflink.c, glibc elf/dl-lookup.c).
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ ELFDATA2LSB = 1
 PT_LOAD = 1
 PF_X = 0x1
 SHT_HASH = 5
+SHT_DYNAMIC = 6
+SHT_NOBITS = 8
 SHT_DYNSYM = 11
+SHF_COMPRESSED = 0x800
+DT_NULL = 0
+DT_NEEDED = 1
 SHT_GNU_HASH = 0x6FFFFFF6
 STT_FUNC = 2
 STT_GNU_IFUNC = 10
@@ -48,6 +55,8 @@ class SectionHeader:
     size: int
     link: int
     entsize: int
+    name: int = 0  # sh_name: offset in the section name table
+    flags: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +97,7 @@ class RawElf:
             self._map.close()
             raise NotElf("truncated ELF header") from error
         e_type, e_machine, _, _, self._phoff, self._shoff = fields[:6]
-        self._phentsize, self._phnum, self._shentsize, self._shnum = fields[8:12]
+        self._phentsize, self._phnum, self._shentsize, self._shnum, self._shstrndx = fields[8:13]
         self.elf_type = E_TYPES.get(e_type, f"ET_{e_type}")
         self.machine = E_MACHINES.get(e_machine, f"EM_{e_machine}")
 
@@ -122,8 +131,57 @@ class RawElf:
         layout = self.endian + ("IIQQQQIIQQ" if self.is64 else "10I")
         for index in range(self._shnum):
             fields = struct.unpack_from(layout, self._map, self._shoff + index * self._shentsize)
-            headers.append(SectionHeader(fields[1], fields[4], fields[5], fields[6], fields[9]))
+            headers.append(SectionHeader(fields[1], fields[4], fields[5], fields[6], fields[9],
+                                         name=fields[0], flags=fields[2]))
         return headers
+
+    def _string(self, table: SectionHeader, offset: int) -> bytes:
+        """The NUL-terminated string at `offset` of a string table section."""
+        start = table.offset + offset
+        end = self._map.find(b"\0", start, table.offset + table.size)
+        if offset >= table.size or end < 0:
+            raise NotElf(f"string at {offset} outside its table ({table.size} bytes)")
+        return self._map[start:end]
+
+    def section(self, name: str) -> SectionHeader | None:
+        """The first section called `name` (as pyelftools' get_section_by_name)."""
+        sections = self._sections()
+        if not 0 < self._shstrndx < len(sections):
+            return None
+        names = sections[self._shstrndx]
+        wanted = name.encode()
+        for section in sections:
+            if section.name < names.size and self._string(names, section.name) == wanted:
+                return section
+        return None
+
+    def section_data(self, section: SectionHeader) -> bytes:
+        """A section's bytes as stored (SHT_NOBITS: its size in zeros, as pyelftools)."""
+        if section.type == SHT_NOBITS:
+            return bytes(section.size)
+        if section.offset + section.size > len(self._map):
+            raise NotElf(f"section of {section.size} bytes at {section.offset} past the end")
+        return self._map[section.offset : section.offset + section.size]
+
+    def needed(self) -> list[str]:
+        """DT_NEEDED of every SHT_DYNAMIC section, in file order, up to each DT_NULL;
+        names from the section's linked string table (as pyelftools reads them)."""
+        sections = self._sections()
+        layout = self.endian + ("qQ" if self.is64 else "iI")
+        entry_size = struct.calcsize(layout)
+        found: list[str] = []
+        for section in sections:
+            if section.type != SHT_DYNAMIC or section.link >= len(sections):
+                continue
+            strings = sections[section.link]
+            for at in range(section.offset, section.offset + section.size - entry_size + 1,
+                            entry_size):
+                tag, value = struct.unpack_from(layout, self._map, at)
+                if tag == DT_NULL:
+                    break
+                if tag == DT_NEEDED:
+                    found.append(self._string(strings, value).decode("latin-1"))
+        return found
 
     def _symbol(self, dynsym: SectionHeader, index: int) -> tuple[int, DynamicSymbol]:
         """(st_name, symbol) of entry `index`."""

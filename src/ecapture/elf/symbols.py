@@ -14,15 +14,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.dynamic import DynamicSection
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import NoteSection, Symbol, SymbolTableSection
-
-from ecapture.elf.rawelf import ELF_MAGIC, PF_X, NotElf, RawElf
+from ecapture.elf.rawelf import ELF_MAGIC, PF_X, SHF_COMPRESSED, NotElf, RawElf
 from ecapture.errors import LibraryNotFound, SymbolNotFound
+
+# pyelftools is loaded for what rawelf.py does not read (whole symbol tables,
+# notes, a compressed section): placing the TLS probes needs none of it.
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import Symbol
 
 FUNCTION_TYPES = frozenset({"STT_FUNC", "STT_GNU_IFUNC"})
 SYMBOL_TABLES = (".dynsym", ".symtab")
@@ -67,6 +68,9 @@ def base_name(name: str) -> str:
 
 
 def _open_elf(path: Path, stream: BinaryIO) -> ELFFile:
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     magic = stream.read(4)
     if magic != ELF_MAGIC:
         raise LibraryNotFound(f"{path}: not an ELF file (starts with {magic!r})")
@@ -127,6 +131,8 @@ class Executable:
 
     def _read_symbols(self) -> dict[str, _FunctionSymbol]:
         if self._symbols is None:
+            from elftools.elf.sections import SymbolTableSection
+
             symbols: dict[str, _FunctionSymbol] = {}
             with self.path.open("rb") as stream:
                 elf = _open_elf(self.path, stream)
@@ -257,14 +263,11 @@ class Executable:
     def needed(self) -> list[str]:
         """DT_NEEDED entries, in file order."""
         if self._needed is None:
-            with self.path.open("rb") as stream:
-                elf = _open_elf(self.path, stream)
-                self._needed = [
-                    str(tag.needed)  # type: ignore[attr-defined]  # pyelftools sets it by setattr
-                    for section in elf.iter_sections()
-                    if isinstance(section, DynamicSection)
-                    for tag in section.iter_tags("DT_NEEDED")
-                ]
+            try:
+                with RawElf(self.path) as raw:
+                    self._needed = raw.needed()
+            except (NotElf, struct.error) as error:
+                raise LibraryNotFound(f"{self.path}: not a valid ELF file ({error})") from error
         return list(self._needed)
 
     @property
@@ -281,11 +284,19 @@ class Executable:
         return self._build_id
 
     def read_section(self, name: str) -> bytes | None:
-        """Raw bytes of section `name`, None when absent."""
-        with self.path.open("rb") as stream:
-            elf = _open_elf(self.path, stream)
-            section = elf.get_section_by_name(name)
-            return None if section is None else section.data()
+        """Raw bytes of section `name` (decompressed when SHF_COMPRESSED), None when absent."""
+        try:
+            with RawElf(self.path) as raw:
+                section = raw.section(name)
+                if section is None:
+                    return None
+                if not section.flags & SHF_COMPRESSED:
+                    return raw.section_data(section)
+        except (NotElf, struct.error) as error:
+            raise LibraryNotFound(f"{self.path}: not a valid ELF file ({error})") from error
+        with self.path.open("rb") as stream:  # pyelftools undoes the compression
+            found = _open_elf(self.path, stream).get_section_by_name(name)
+            return None if found is None else found.data()
 
 
 def _is_function(symbol: Symbol) -> bool:
@@ -298,6 +309,8 @@ def _is_function(symbol: Symbol) -> bool:
 
 
 def _iter_notes(elf: ELFFile) -> Iterator[Mapping[str, Any]]:
+    from elftools.elf.sections import NoteSection
+
     for section in elf.iter_sections():
         if isinstance(section, NoteSection):
             yield from section.iter_notes()

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
-
 from ecapture.errors import LibraryNotFound
 
 TABLES = (".dynsym", ".symtab")
@@ -19,6 +16,11 @@ TABLES = (".dynsym", ".symtab")
 
 def variable_addresses(path: Path, names: tuple[str, ...]) -> dict[str, int]:
     """st_value of each of `names` that `path` defines as a data object (STT_OBJECT)."""
+    # pyelftools is loaded here, by the shell modules' prepare(): not by every
+    # command that imports them (the registry imports every module file).
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
     found: dict[str, int] = {}
     try:
         with path.open("rb") as stream:

@@ -1,7 +1,9 @@
 """The module lifecycle shared by every capture module.
 
 init → start → run → stop → close, after eCapture's IModule: `init` checks the
-kernel and finds what to hook, `start` loads and attaches the BPF objects,
+kernel and finds what to hook, `start` loads and attaches the BPF objects
+(those of a module whose objects follow from its flags alone were loaded in
+a thread while `init` found what to hook: `objects_before_prepare`),
 `run` reads and dispatches until `stop`, `close` detaches, drains the readers
 (within the configured drain timeout; a second `stop` ends it at once, and
 what is left is counted as lost, reason `stopped`), flushes the processor and
@@ -67,7 +69,7 @@ import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ecapture.bpf import (
     LoadedObject,
@@ -92,12 +94,17 @@ from ecapture.modules.parts import (
     StatsLayout,
     dispatch_decoder,
 )
-from ecapture.native_path import NativePipeline, json_sink
-from ecapture.output.base import Writer
 from ecapture.output.render import missing_renderers
-from ecapture.pipeline import Pipeline, PipelineCounters
-from ecapture.processor.interface import RecordProcessor
-from ecapture.processor.tracker import ConnectionTracker
+
+# Loaded by init(), for the data path the configuration picks: a module
+# file (imported by the registry for every command, --help included) must
+# not pull in the Python pipeline, the HTTP parsers or the writers.
+if TYPE_CHECKING:
+    from ecapture.native_path import NativePipeline
+    from ecapture.output.base import Writer
+    from ecapture.pipeline import Pipeline, PipelineCounters
+    from ecapture.processor.interface import RecordProcessor
+    from ecapture.processor.tracker import ConnectionTracker
 
 __all__ = ["Module", "ModuleState", "ProbeSpec", "Stat"]
 
@@ -178,6 +185,13 @@ class Module(abc.ABC):
     # to the writers: each needs a JSON and a text renderer (output/render.py).
     event_types: ClassVar[tuple[type, ...]] = ()
     summary: ClassVar[str] = ""  # one line for `ecapture --help`
+    # True when bpf_objects() and constants() follow from the config alone, not
+    # from what prepare() finds: init() then has them loaded in a thread while
+    # prepare() runs (the kernel's verifier and prepare()'s ELF reading and
+    # disassembly take a CPU each), and start() attaches to them. start()
+    # loads again what differs by then, so a wrong True costs time, not
+    # correctness.
+    objects_before_prepare: ClassVar[bool] = False
 
     def __init__(self, config: GlobalConfig) -> None:
         self.config = config
@@ -196,6 +210,7 @@ class Module(abc.ABC):
         # Set when the Rust core reads the first ring itself (native_path.py).
         self._native: NativePipeline | None = None
         self._kernel_stats: dict[int, int] = {}
+        self._early: _EarlyLoad | None = None  # objects loading while prepare() runs
         self.links_attached = 0
 
     # ----- hooks for concrete modules -------------------------------------------------
@@ -275,14 +290,22 @@ class Module(abc.ABC):
         if missing:
             raise EcaptureError(f"module {self.name}: no renderer for {', '.join(missing)}")
         check_environment(btf_custom_path=self.config.btf_file)
+        if self.objects_before_prepare:
+            self._early = _EarlyLoad(self)
+            self._stack.callback(self._early.close)  # what start() never took
         self.prepare()
         decoders = self.decoders()
         tracker, processor = self.make_tracker(), self.make_processor()
         self._native = self._native_pipeline(writers, tracker, decoders, processor)
-        self._pipeline = self._native or Pipeline(
-            writers, tracker=tracker, processor=processor,
-            decoder=decode_record if decoders is None else dispatch_decoder(decoders),
-        )
+        if self._native is not None:
+            self._pipeline = self._native
+        else:
+            from ecapture.pipeline import Pipeline
+
+            self._pipeline = Pipeline(
+                writers, tracker=tracker, processor=processor,
+                decoder=decode_record if decoders is None else dispatch_decoder(decoders),
+            )
         self._stack.callback(self._pipeline.finish)
         self.state = ModuleState.INITIALIZED
 
@@ -296,6 +319,8 @@ class Module(abc.ABC):
         wanted = self.config.data_path
         if wanted is DataPath.PYTHON:
             return None
+        from ecapture.native_path import NativePipeline, json_sink
+
         sink = json_sink(writers)
         why_not = ("the module has its own records" if decoders is not None or processor
                    is not None else "the output is not JSON lines only" if sink is None
@@ -313,10 +338,21 @@ class Module(abc.ABC):
         if self.state is not ModuleState.INITIALIZED:
             raise EcaptureError(f"module {self.name} started in state {self.state.value}")
         constants = self.constants()
+        declared_objects = tuple(self.bpf_objects())
+        early = None if self._early is None else self._early.take(declared_objects, constants)
         unset = set(constants) - FILTER_CONSTANTS
-        for declared in self.bpf_objects():
-            # each object's close is on the stack once loaded
-            unset -= self._load(declared, constants)
+        for declared in declared_objects:
+            if early is None:
+                loaded_object, declared_here = self._load_object(declared, constants)
+            else:
+                loaded_object, declared_here = early.pop(0)
+            try:
+                self._adopt(declared, loaded_object)  # its close is on the stack first
+            except BaseException:
+                for rest, _ in early or ():  # loaded early, never adopted
+                    rest.close()
+                raise
+            unset -= declared_here
         if not self._objects:
             raise EcaptureError(f"module {self.name} declares no BPF object")
         if unset:  # a constant no object declares: a typo, or the wrong object
@@ -344,8 +380,12 @@ class Module(abc.ABC):
             extra={"capture_module": self.name},
         )
 
-    def _load(self, declared: BpfObject, constants: Mapping[str, int | bytes]) -> set[str]:
-        """Load one object with the constants it declares; returns their names."""
+    def _load_object(
+        self, declared: BpfObject, constants: Mapping[str, int | bytes],
+    ) -> tuple[LoadedObject, set[str]]:
+        """Load one object with the constants it declares; the object (the
+        caller's to close) and those constants' names. Touches no state of
+        the module: _EarlyLoad runs it in its thread."""
         path = Path(declared.file)
         if not path.is_absolute():
             path = OBJECT_DIR / path
@@ -375,6 +415,10 @@ class Module(abc.ABC):
         except BaseException:
             spec.close()
             raise
+        return loaded, declared_here
+
+    def _adopt(self, declared: BpfObject, loaded: LoadedObject) -> None:
+        """A loaded object becomes the module's: closed with it; its readers opened."""
         self._stack.callback(loaded.close)
         if self._loaded is None:
             self._loaded = loaded
@@ -397,7 +441,6 @@ class Module(abc.ABC):
                 opened = loaded.perf_reader(reader.map, pages_per_cpu=reader.pages_per_cpu)
             self._stack.callback(opened.close)
             self._readers.append(opened)
-        return declared_here
 
     def run(self) -> None:
         """Read and dispatch until stop() is called (close() drains what is left)."""
@@ -833,3 +876,51 @@ class Module(abc.ABC):
             if counters.parser_errors else "",
             extra={"capture_module": self.name},
         )
+
+
+class _EarlyLoad:
+    """A module's BPF objects, loaded in a thread while its prepare() runs
+    (Module.objects_before_prepare): all or nothing, as start() loads them."""
+
+    def __init__(self, module: Module) -> None:
+        self.declared = tuple(module.bpf_objects())
+        self.constants = dict(module.constants())
+        self._module = module
+        self._loaded: list[tuple[LoadedObject, set[str]]] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="bpf-load", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for declared in self.declared:
+                self._loaded.append(self._module._load_object(declared, self.constants))
+        except BaseException as error:  # start() raises it, as if it had loaded them
+            self._error = error
+            self._close_loaded()
+
+    def take(
+        self, declared: tuple[BpfObject, ...], constants: Mapping[str, int | bytes],
+    ) -> list[tuple[LoadedObject, set[str]]] | None:
+        """Wait for the loads; the objects (the caller's from now on), or None when
+        start() declares other objects or constants than init() did (then closed)."""
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if (declared, dict(constants)) != (self.declared, self.constants):
+            log.debug("BPF objects or constants changed during prepare(): loading again")
+            self._close_loaded()
+            return None
+        loaded, self._loaded = self._loaded, []
+        return loaded
+
+    def close(self) -> None:
+        """What start() did not take (init() or prepare() failed): closed."""
+        self._thread.join()
+        self._close_loaded()
+
+    def _close_loaded(self) -> None:
+        loaded, self._loaded = self._loaded, []
+        for loaded_object, _ in reversed(loaded):
+            loaded_object.close()

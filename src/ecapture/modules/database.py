@@ -16,7 +16,7 @@ import os
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import msgspec
 
@@ -26,11 +26,14 @@ from ecapture.elf.discovery import PROC
 from ecapture.errors import ConfigError, LibraryNotFound
 from ecapture.modules.base import Module
 from ecapture.modules.parts import Decoder, StatsLayout
-from ecapture.output.jsonl import JsonLinesWriter
 from ecapture.output.render import json_renderer, text_renderer
-from ecapture.output.text import TextWriter, escape_text
-from ecapture.processor.interface import RecordProcessor
 from ecapture.processor.query import Flavor, Query, QueryAssembler
+
+# The writers call the renderers below: whichever format runs has loaded its own.
+if TYPE_CHECKING:
+    from ecapture.output.jsonl import JsonLinesWriter
+    from ecapture.output.text import TextWriter
+    from ecapture.processor.interface import RecordProcessor
 
 DB_STATS = StatsLayout(
     "stats",
@@ -175,6 +178,8 @@ def _duration(ns: int | None) -> str:
 
 @text_renderer(Query)
 def _query_text(writer: TextWriter, item: Query) -> str:
+    from ecapture.output.text import escape_text  # loaded with the writer
+
     colors = writer.colors
     if item.status is None:
         status = "status ?"

@@ -30,10 +30,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ecapture.config import CaptureModel, GlobalConfig
-from ecapture.elf.gnutls_keylog import GnutlsKeylogHook, find_gnutls_keylog
 from ecapture.errors import ConfigError, EcaptureError, LibraryNotFound
 from ecapture.events import Clock, LossReason, Lost
 from ecapture.modules.base import Module, ProbeSpec
@@ -42,9 +41,6 @@ from ecapture.modules.openssl import DEFAULT_SNAPLEN
 from ecapture.modules.parts import BpfObject, Decoder, Reader, StatsLayout
 from ecapture.modules.registry import register
 from ecapture.modules.tls_modes import KEYLOG_OBJECT, KeyFiles, PacketsMode
-from ecapture.output.keylog import KeylogWriter
-from ecapture.processor.interface import RecordProcessor
-from ecapture.processor.tracker import ConnectionTracker
 from ecapture.secrets import (
     KEYLOG_STAT_RECORDS,
     KEYLOG_STAT_RING_FULL,
@@ -53,6 +49,14 @@ from ecapture.secrets import (
     KeylogSecret,
     decode_keylog,
 )
+
+# The key-log function is found by disassembly (pyelftools, capstone) and
+# the key log written by output/keylog.py: loaded by the modes that need them.
+if TYPE_CHECKING:
+    from ecapture.elf.gnutls_keylog import GnutlsKeylogHook
+    from ecapture.output.keylog import KeylogWriter
+    from ecapture.processor.interface import RecordProcessor
+    from ecapture.processor.tracker import ConnectionTracker
 
 log = logging.getLogger(__name__)
 KEYLOG_PROGRAM = "on_ssl_log_secret"  # keylog.bpf.c: (session, label, secret, size)
@@ -193,6 +197,8 @@ class GnutlsModule(LibraryTlsModule):
     def prove_key_hooks(self) -> list[tuple[Path, GnutlsKeylogHook]]:
         """The key-log hook of each library prepare() found; a library named by
         --gnutls must have one, another without is left out (one warning)."""
+        from ecapture.elf.gnutls_keylog import find_gnutls_keylog
+
         found: list[tuple[Path, GnutlsKeylogHook]] = []
         for hooked in self.hooked:
             try:
@@ -265,6 +271,8 @@ class GnutlsKeylogModule(GnutlsModule):
         self.writer: KeylogWriter | None = None
 
     def prepare(self) -> None:
+        from ecapture.output.keylog import KeylogWriter
+
         super().prepare()
         self.key_hooks = self.prove_key_hooks()
         path = self.gnutls_config.keylog_file

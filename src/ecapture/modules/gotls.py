@@ -26,16 +26,12 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ecapture.bpf import LoadedObject
 from ecapture.bpf.tc import is_loopback, remove_leftover_filters
 from ecapture.config import CaptureModel, GlobalConfig
 from ecapture.elf.discovery import PROC
-from ecapture.elf.golang import GoBinary, NotGo
 from ecapture.errors import (
     ConfigError,
     DecodeError,
@@ -55,10 +51,7 @@ from ecapture.modules.parts import (
     Undo,
 )
 from ecapture.modules.registry import register
-from ecapture.output.keylog import KeylogWriter
-from ecapture.output.pcapng import PcapngWriter
 from ecapture.packets import RECORD_TC_PACKET, TC_EGRESS, TcPacket, decode_packet
-from ecapture.processor.tracker import ConnectionTracker
 from ecapture.secrets import (
     KEYLOG_STAT_RECORDS,
     KEYLOG_STAT_RING_FULL,
@@ -67,6 +60,13 @@ from ecapture.secrets import (
     KeylogSecret,
     decode_keylog,
 )
+
+# Loaded when a capture needs them: the Go binary reader (pyelftools,
+# capstone), the files of -m keylog/pcap and the HTTP tracker.
+if TYPE_CHECKING:
+    from ecapture.output.keylog import KeylogWriter
+    from ecapture.output.pcapng import PcapngWriter
+    from ecapture.processor.tracker import ConnectionTracker
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,8 @@ class GoTarget:
 def inspect_go_binary(path: Path) -> GoTarget:
     """The probe offsets in one Go binary; LibraryNotFound with the reason when it
     cannot be probed (not Go, no crypto/tls, the stack ABI)."""
+    from ecapture.elf.golang import GoBinary, NotGo
+
     try:
         binary = GoBinary(path)
     except NotGo as error:
@@ -196,6 +198,9 @@ def running_go_programs(proc: Path = PROC, pid: int | None = None) -> list[Path]
 
 def _has_go_buildinfo(path: Path) -> bool:
     """True when the ELF file has a .go.buildinfo section (section headers only)."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     try:
         with path.open("rb") as stream:
             if stream.read(4) != b"\x7fELF":
@@ -443,6 +448,8 @@ class GoTlsModule(Module):
                 extra={"capture_module": self.name},
             )
         if config.model is CaptureModel.KEYLOG and config.keylog_file:
+            from ecapture.output.keylog import KeylogWriter
+
             self._keylog = KeylogWriter(config.keylog_file, flag="--keylogfile")
             self._stack.callback(self._keylog.close)
         if config.model is CaptureModel.PCAP and config.pcap_file:
@@ -452,6 +459,8 @@ class GoTlsModule(Module):
                 raise ConfigError(f"-i {config.ifname}: no such interface ({error})") from None
             for removed in remove_leftover_filters(config.ifname, TC_PROGRAMS):
                 log.info("removed a filter a killed run left: %s", removed)
+            from ecapture.output.pcapng import PcapngWriter
+
             self._pcap = PcapngWriter(config.pcap_file, hold_ns=PCAP_HOLD_NS)
             self._stack.callback(self._pcap.close)
 
@@ -527,7 +536,11 @@ class GoTlsModule(Module):
         return UnseenProcessor()
 
     def make_tracker(self) -> ConnectionTracker | None:
-        return ConnectionTracker() if self.go_config.model is CaptureModel.TEXT else None
+        if self.go_config.model is not CaptureModel.TEXT:
+            return None
+        from ecapture.processor.tracker import ConnectionTracker
+
+        return ConnectionTracker()
 
     def summary_counts(self) -> str:
         pipeline = self._pipeline

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ecapture.config import GlobalConfig
 from ecapture.elf.discovery import SslTarget, TargetScanner
@@ -24,7 +24,9 @@ from ecapture.elf.symbols import Executable
 from ecapture.errors import ConfigError, EcaptureError, LibraryNotFound
 from ecapture.modules.base import Module, ProbeSpec
 from ecapture.modules.parts import BpfObject, Reader
-from ecapture.processor.tracker import ConnectionTracker
+
+if TYPE_CHECKING:
+    from ecapture.processor.tracker import ConnectionTracker
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +198,8 @@ class LibraryTlsModule(Module):
         return {**super().constants(), "call_limit": self.call_limit()}
 
     def make_tracker(self) -> ConnectionTracker | None:
+        from ecapture.processor.tracker import ConnectionTracker
+
         return ConnectionTracker()
 
     def summary_counts(self) -> str:

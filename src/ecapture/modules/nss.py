@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ecapture.config import CaptureModel, GlobalConfig
-from ecapture.elf.nss_layer import find_ssl_layer_id
 from ecapture.errors import ConfigError, EcaptureError
 from ecapture.modules.libtls import Hook, LibrarySpec, LibraryTlsModule, check_call_limit
 from ecapture.modules.registry import register
@@ -137,6 +136,8 @@ class NssModule(LibraryTlsModule):
         loaded = self._loaded
         if loaded is None:
             return
+        from ecapture.elf.nss_layer import find_ssl_layer_id  # pyelftools, capstone
+
         identities = loaded.map(IDENTITY_MAP)
         known = 0
         for target in self.targets.get(NSS_SSL.flag, []):

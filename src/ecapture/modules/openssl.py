@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ecapture.config import CaptureModel, GlobalConfig, ProbePlacement
 from ecapture.elf.discovery import process_ssl_targets, system_libssl
@@ -26,7 +26,9 @@ from ecapture.errors import ConfigError, EcaptureError, LibraryNotFound
 from ecapture.events import Direction, LossReason, Lost
 from ecapture.modules.base import Module, ProbeSpec
 from ecapture.modules.registry import register
-from ecapture.processor.tracker import ConnectionTracker
+
+if TYPE_CHECKING:
+    from ecapture.processor.tracker import ConnectionTracker
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,9 @@ class OpensslModule(Module):
     object_file: ClassVar[str] = "tls.bpf.o"
     spare_ring_map: ClassVar[str | None] = "spare_closes"
     summary: ClassVar[str] = "capture TLS plaintext of OpenSSL/BoringSSL programs"
+    # tls.bpf.o and its constants (filters, call_limit) come from the flags:
+    # loaded while prepare() finds the libraries and disassembles them.
+    objects_before_prepare: ClassVar[bool] = True
 
     def __new__(cls, config: GlobalConfig) -> OpensslModule:
         """-m keylog and -m pcap are subclasses (modules/tls_modes.py): their own
@@ -324,6 +329,8 @@ class OpensslModule(Module):
         return {**super().constants(), "call_limit": self.tls_config.kernel_call_limit}
 
     def make_tracker(self) -> ConnectionTracker | None:
+        from ecapture.processor.tracker import ConnectionTracker
+
         return ConnectionTracker()
 
     def summary_counts(self) -> str:

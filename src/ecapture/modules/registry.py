@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import pkgutil
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ecapture.errors import RegistryError
-from ecapture.modules.base import Module
+
+if TYPE_CHECKING:
+    from ecapture.modules.base import Module
 
 # Capture modules of other packages: an entry point in this group names a
 # Python module that registers its classes with @register when imported.
@@ -38,7 +42,15 @@ def load_all() -> dict[str, type[Module]]:
     then every module of the ENTRY_POINT_GROUP entry points.
 
     Adding a module is one BPF program and one file here: nothing else lists it.
+    Done once per process (the entry point scan reads every installed
+    distribution's metadata, ~10 ms); a later call returns MODULES as it is.
     """
+    _import_every_module()
+    return MODULES
+
+
+@functools.cache
+def _import_every_module() -> None:
     import ecapture.modules as package
 
     for info in pkgutil.iter_modules(package.__path__):
@@ -51,7 +63,6 @@ def load_all() -> dict[str, type[Module]]:
             raise RegistryError(
                 f"capture module {entry.name!r} ({entry.value}) cannot be loaded: {error}"
             ) from error
-    return MODULES
 
 
 def module_class(name: str) -> type[Module]:

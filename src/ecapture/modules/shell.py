@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import msgspec
 
@@ -24,12 +24,15 @@ from ecapture.config import GlobalConfig
 from ecapture.errors import ConfigError, LibraryNotFound
 from ecapture.modules.base import Module
 from ecapture.modules.parts import Decoder, StatsLayout
-from ecapture.output.jsonl import JsonLinesWriter
 from ecapture.output.render import json_renderer, text_renderer
-from ecapture.output.text import TextWriter, escape_text
-from ecapture.processor.interface import RecordProcessor
 from ecapture.processor.shell import Command, CommandAssembler
 from ecapture.shell_events import DECODERS, ShellStat
+
+# The writers call the renderers below: whichever format runs has loaded its own.
+if TYPE_CHECKING:
+    from ecapture.output.jsonl import JsonLinesWriter
+    from ecapture.output.text import TextWriter
+    from ecapture.processor.interface import RecordProcessor
 
 SHELL_STATS = StatsLayout(
     "stats",
@@ -141,6 +144,8 @@ def user_name(uid: int) -> str:
 
 @text_renderer(Command)
 def _command_text(writer: TextWriter, item: Command) -> str:
+    from ecapture.output.text import escape_text  # loaded with the writer
+
     colors = writer.colors
     if item.retval is None:
         status = "status ?"

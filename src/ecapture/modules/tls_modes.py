@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import msgspec
 
@@ -42,7 +42,6 @@ from ecapture.bpf import Map
 from ecapture.bpf.tc import interface_index, is_loopback
 from ecapture.config import CaptureModel, GlobalConfig
 from ecapture.elf.discovery import system_libssl
-from ecapture.elf.keylog_hook import Convention, KeylogHook, find_keylog_hook
 from ecapture.errors import BpfError, ConfigError, EcaptureError, LibraryNotFound, SinkError
 from ecapture.modules.base import Module
 from ecapture.modules.openssl import DEFAULT_SNAPLEN, OpensslModule
@@ -56,12 +55,9 @@ from ecapture.modules.parts import (
     StatsLayout,
     TcFilterAttach,
 )
-from ecapture.output.base import CutCount, Writer
-from ecapture.output.jsonl import JsonLinesWriter
-from ecapture.output.keylog import KeylogWriter
+from ecapture.output.base import CutCount
 from ecapture.output.pcapng import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapngWriter
 from ecapture.output.render import json_renderer, text_renderer
-from ecapture.output.text import TextWriter
 from ecapture.packets import (
     RECORD_TC_PACKET,
     TC_STAT_LOAD_FAULTS,
@@ -71,8 +67,6 @@ from ecapture.packets import (
     TcPacket,
     decode_packet,
 )
-from ecapture.pcap_filter import PacketFilter
-from ecapture.processor.interface import RecordProcessor
 from ecapture.processor.tls_keys import (
     KEYS_RING_FULL,
     PACKET_FAULTS,
@@ -80,7 +74,6 @@ from ecapture.processor.tls_keys import (
     KernelCounter,
     TlsKeysProcessor,
 )
-from ecapture.processor.tracker import ConnectionTracker
 from ecapture.secrets import (
     KEYLOG_STAT_RECORDS,
     KEYLOG_STAT_RING_FULL,
@@ -89,12 +82,25 @@ from ecapture.secrets import (
     decode_keylog,
 )
 
+# The key hook is found by disassembly (elf/keylog_hook.py: pyelftools,
+# capstone) and the filter compiled by libpcap: loaded by prepare() and
+# file_writers() of these modes, not by every command importing this file.
+if TYPE_CHECKING:
+    from ecapture.elf.keylog_hook import KeylogHook
+    from ecapture.output.base import Writer
+    from ecapture.output.jsonl import JsonLinesWriter
+    from ecapture.output.text import TextWriter
+    from ecapture.pcap_filter import PacketFilter
+    from ecapture.processor.interface import RecordProcessor
+    from ecapture.processor.tracker import ConnectionTracker
+
 log = logging.getLogger(__name__)
 
 KEYLOG_OBJECT = "keylog.bpf.o"
 TC_OBJECT = "tc.bpf.o"
-PROBE_PROGRAMS = {Convention.NSS_KEYLOG_INT: "on_nss_keylog_int",
-                  Convention.LOG_SECRET: "on_ssl_log_secret"}
+# elf/keylog_hook.py Convention (a StrEnum: its members are these strings) → program
+PROBE_PROGRAMS = {"nss_keylog_int": "on_nss_keylog_int",
+                  "ssl_log_secret": "on_ssl_log_secret"}
 TC_PROGRAMS = {"egress": "ecap_tc_egress", "ingress": "ecap_tc_ingress"}
 OWNER_PROGRAMS = ("owner_on_send", "owner_on_recv", "owner_on_connect")
 # How long a packet waits for a secret that decrypts it (the two rings are read
@@ -172,6 +178,7 @@ class SecretsMode(Module):
         "keylog_stats", {STAT_SECRETS: "secrets submitted", STAT_SECRETS_LOST: "secrets lost"},
     )
     event_types: ClassVar[tuple[type, ...]] = (KeylogSecret, TcPacket)
+    objects_before_prepare: ClassVar[bool] = False  # (not measured: loaded by start())
     watched: ClassVar[tuple[KernelCounter, ...]] = (KEYS_RING_FULL,)
 
     def __init__(self, config: GlobalConfig) -> None:
@@ -301,6 +308,8 @@ class PacketsMode(SecretsMode):
         linktype, dlt = interface_link_type(interface)
         self.linktype = linktype
         if files.pcap_filter:
+            from ecapture.pcap_filter import PacketFilter
+
             self.packet_filter = PacketFilter(files.pcap_filter, linktype=dlt,
                                               snaplen=files.snaplen, flag="filter")
             self._stack.callback(self.packet_filter.close)
@@ -392,6 +401,8 @@ class TlsKeylogModule(SecretsMode, OpensslModule):
                         config.pcap_filter, config.snaplen)
 
     def prepare(self) -> None:
+        from ecapture.elf.keylog_hook import find_keylog_hook
+
         super().prepare()
         config = self.tls_config
         model = config.model.value
@@ -419,6 +430,8 @@ class TlsKeylogModule(SecretsMode, OpensslModule):
             raise LibraryNotFound(f"-m {model}: no library to capture secrets from")
 
     def key_probes(self) -> Sequence[ProbeSpec]:
+        from ecapture.elf.keylog_hook import Convention
+
         return [
             ProbeSpec(PROBE_PROGRAMS[hook.convention], hook.library, hook.file_offset,
                       label=f"{hook.library.name}:{hook.convention.value}",
@@ -440,6 +453,8 @@ class KeylogFileWriter:
     """Each secret item as a key log line."""
 
     def __init__(self, path: str) -> None:
+        from ecapture.output.keylog import KeylogWriter
+
         self.path = path
         self.cut = CutCount()
         self._writer = KeylogWriter(path, flag="-k/--keylogfile")

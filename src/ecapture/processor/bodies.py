@@ -12,8 +12,9 @@ import io
 import zlib
 from collections.abc import Callable
 
-import brotli
-import zstandard
+# brotli and zstandard are imported by their decoders: only a body in that
+# coding needs them, and a capture that never sees one (or writes JSON
+# through the native core) does not pay for loading them.
 
 DEFAULT_DECODED_LIMIT = 64 << 20
 
@@ -55,6 +56,8 @@ def _deflate(body: bytes, limit: int) -> bytes | None:
 
 
 def _unbrotli(body: bytes, limit: int) -> bytes | None:
+    import brotli
+
     decompressor = brotli.Decompressor()
     out = bytearray()
     try:
@@ -72,6 +75,8 @@ def _unbrotli(body: bytes, limit: int) -> bytes | None:
 
 
 def _unzstd(body: bytes, limit: int) -> bytes | None:
+    import zstandard
+
     decompressor = zstandard.ZstdDecompressor()
     try:
         with decompressor.stream_reader(io.BytesIO(body), read_across_frames=True) as reader:
@@ -84,6 +89,8 @@ def _unzstd(body: bytes, limit: int) -> bytes | None:
 
 
 def _zstd_empty_frame(body: bytes) -> bool:
+    import zstandard
+
     try:
         return zstandard.frame_content_size(body) == 0
     except zstandard.ZstdError:

@@ -20,8 +20,6 @@ from typing import NamedTuple
 
 from ecapture.events import ConnClose, Direction, LossReason, Lost, ReadFault, TlsData
 from ecapture.processor.base import ConnectionParser
-from ecapture.processor.http1 import Http1Parser
-from ecapture.processor.http2 import Http2Parser
 from ecapture.processor.model import ConnectionInfo, ProcessorItem, Unparsed
 from ecapture.processor.sniff import (
     ANY_START,
@@ -303,6 +301,8 @@ class ConnectionTracker:
         self._start_parser(connection, start, client, "mid-stream")
         connection.tails = None
         parser = connection.parser
+        from ecapture.processor.http1 import Http1Parser  # loaded by _start_parser
+
         if isinstance(parser, Http1Parser):
             parser.prime(event.direction is client, carried)
         self._feed_parser(connection, event, out)
@@ -312,9 +312,16 @@ class ConnectionTracker:
     ) -> None:
         connection.client_direction = client
         info = _connection_info(connection.event, client)
+        # The parsers (httptools, hyperframe, hpack) are loaded with the first
+        # HTTP connection: a tracker that never meets one, or one whose limits
+        # only configure the native core, does not load them.
         if start is Start.HTTP2:
+            from ecapture.processor.http2 import Http2Parser
+
             connection.parser = Http2Parser(info, max_body_bytes=self._max_body_bytes)
         else:
+            from ecapture.processor.http1 import Http1Parser
+
             connection.parser = Http1Parser(
                 info, max_body_bytes=self._max_body_bytes, resync_reason=resync
             )
