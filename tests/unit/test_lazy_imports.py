@@ -27,7 +27,9 @@ DISASSEMBLY_AND_ELF = (
 )
 PIPELINE = ("ecapture.pipeline", "ecapture.native_path", "ecapture.processor.tracker",
             "ecapture.output.jsonl", "ecapture.api.controller", "ecapture.api.output",
-            "ecapture.api.server", "ecapture.pcap_filter", "asyncio")
+            "ecapture.api.server", "ecapture.pcap_filter", "asyncio",
+            # the registry reads entry_points.txt itself (modules/registry.py)
+            "importlib.metadata", "email", "zipfile")
 AT_PARSE = (*PARSERS_AND_DECODERS, *WRITERS, *DISASSEMBLY_AND_ELF, *PIPELINE)
 
 
