@@ -178,30 +178,30 @@ def run(
 ) -> int:
     """The lifecycle, owned by the controller: init → start → run until
     SIGINT/SIGTERM (reloading on API requests) → close."""
-    import asyncio
-
     from ecapture.api.controller import Controller
 
     address = None if listen is None else check_listen(listen, token)
     _set_niceness(config.nice)
     _return_big_blocks()
     controller = Controller(cls, config)
-    serve = None
-    if address is not None:
-        from ecapture.api.server import ApiServer
+    if address is None:
+        return controller.run_alone()  # no API, no reloads: no event loop either
+    import asyncio
 
-        api_parser = parser or build_parser()
-        host, port = address
+    from ecapture.api.server import ApiServer
 
-        async def serve(running: Controller) -> ApiServer:
-            def parse(argv: Sequence[str]) -> tuple[type[Module], GlobalConfig]:
-                parsed = parse_config(api_parser, argv)
-                if parsed is None:
-                    raise ConfigError("no module given")
-                return parsed
+    api_parser = parser or build_parser()
+    host, port = address
 
-            return await ApiServer(running, api_parser, parse, host=host, port=port,
-                                   token=token).start()
+    async def serve(running: Controller) -> ApiServer:
+        def parse(argv: Sequence[str]) -> tuple[type[Module], GlobalConfig]:
+            parsed = parse_config(api_parser, argv)
+            if parsed is None:
+                raise ConfigError("no module given")
+            return parsed
+
+        return await ApiServer(running, api_parser, parse, host=host, port=port,
+                               token=token).start()
 
     return asyncio.run(controller.run(serve))
 

@@ -57,23 +57,27 @@ def test_the_parser_and_every_module_file_load_nothing_heavy() -> None:
 
 
 def test_a_json_capture_loads_no_python_processor_and_no_other_writer() -> None:
-    """What --format json needs up to init(): the parsed config, the output
-    (sink, JSON writer, the API's event tap), the native pipeline's module and
-    the tracker whose limits configure the core (no parser until a connection)."""
+    """What --format json needs up to init(): the parsed config, the controller
+    (without --listen: no asyncio), the output (sink, JSON writer, the API's event
+    tap), the native pipeline's module and the tracker whose limits configure the
+    core (no parser until a connection)."""
     loaded = loaded_after("""
+        from ecapture.api.controller import Controller
         from ecapture.api.output import Output
         from ecapture.cli import build_parser, parse_config
         import ecapture.native_path
         parsed = parse_config(build_parser(), ["tls", "--format", "json", "--eventaddr", "-"])
         assert parsed is not None
         cls, config = parsed
+        Controller(cls, config)  # run_alone() without --listen: no event loop
         module = cls(config)
         output = Output(config, module.name)
         ecapture.native_path.json_sink(output.lend(module.name))
         tracker = module.make_tracker()
         assert tracker is not None and tracker.limits.parse_http
         output.close()
-    """, (*PARSERS_AND_DECODERS, *WRITERS, *DISASSEMBLY_AND_ELF))
+    """, (*PARSERS_AND_DECODERS, *WRITERS, *DISASSEMBLY_AND_ELF, "asyncio", "ssl",
+          "importlib.metadata"))
     assert loaded == [], f"imported by a --format json TLS capture: {loaded}"
 
 

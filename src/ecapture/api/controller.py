@@ -11,20 +11,28 @@ writers are the controller's (api/output.py), so across a reload the event
 stream and the HAR document go on as one file, and the counters go on.
 
 The module's blocking `run()` runs in a worker thread; the event loop (the
-main thread) handles SIGINT/SIGTERM, the API and the reloads.
+main thread) handles SIGINT/SIGTERM, the API and the reloads. Without the
+API (no --listen) there is nothing to reload and no loop is needed:
+`run_alone()` takes the same steps on threads, and asyncio (with the ssl
+module it imports: ~15 ms and ~6 MB of a capture's start-up) is never
+imported (run() and its helpers import it).
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import dataclasses
 import enum
 import logging
+import os
+import select
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -34,6 +42,9 @@ from ecapture.modules.base import Module
 from ecapture.pipeline import PipelineCounters
 
 from .output import Output
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +145,7 @@ class Controller:
         self._past = PipelineCounters()  # of the modules already closed
         self._run_task: asyncio.Future[None] | None = None
         self._requests: asyncio.Queue[_Reload] | None = None
-        self._stop: asyncio.Event | None = None
+        self._stop: asyncio.Event | threading.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.api: Any = None  # the ApiServer, when --listen
 
@@ -145,6 +156,8 @@ class Controller:
 
         `serve(controller)` is awaited once the first module runs and returns
         an object with an async `close()` (the API server)."""
+        import asyncio
+
         self._loop = asyncio.get_running_loop()
         self._requests = asyncio.Queue()
         self._stop = asyncio.Event()
@@ -175,7 +188,9 @@ class Controller:
         return 0
 
     async def _serve_requests(self) -> None:
-        assert self._requests is not None and self._stop is not None
+        import asyncio
+
+        assert self._requests is not None and isinstance(self._stop, asyncio.Event)
         stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
         try:
             while True:
@@ -240,6 +255,22 @@ class Controller:
 
     async def _launch(self, cls: ModuleClass, config: GlobalConfig) -> None:
         """Build a module from `config` alone, init and start it, run it in a thread."""
+        import asyncio
+
+        module, init_and_start = self._new_module(cls, config)
+        try:
+            await asyncio.to_thread(init_and_start)
+        except BaseException:
+            self._retired(module)
+            raise
+        self._running(module, config)
+        self._run_task = asyncio.ensure_future(asyncio.to_thread(module.run))
+
+    def _new_module(
+        self, cls: ModuleClass, config: GlobalConfig,
+    ) -> tuple[Module, Callable[[], None]]:
+        """A module built from `config` alone, and what inits and starts it
+        (closing it when either fails), to run in a worker thread."""
         assert self.output is not None
         module = cls(config)
         writers = self.output.lend(module.name)
@@ -252,18 +283,17 @@ class Controller:
                 module.close()
                 raise
 
-        try:
-            await asyncio.to_thread(init_and_start)
-        except BaseException:
-            self._retired(module)
-            raise
+        return module, init_and_start
+
+    def _running(self, module: Module, config: GlobalConfig) -> None:
         self.module, self.module_name, self.config = module, module.name, config
         self.probes = _probe_labels(module)
-        self._run_task = asyncio.ensure_future(asyncio.to_thread(module.run))
         self.state = State.RUNNING
 
     async def _retire(self) -> None:
         """Stop the running module, wait for its run(), then drain and close it."""
+        import asyncio
+
         module, run = self.module, self._run_task
         if module is None:
             return
@@ -288,6 +318,83 @@ class Controller:
         counters = module.counters
         if counters is not None:
             add_counters(self._past, counters)
+
+    # ----- without the API: threads, no event loop ----------------------------------
+
+    def run_alone(self) -> int:
+        """run() without `serve`: start the module, wait for a signal (or the end of
+        its run(), a failed sink), stop, drain and close it; on threads.
+
+        As in run(), init/start and close run in a worker thread and the module's
+        run() in another, while this (the main) thread waits and handles
+        SIGINT/SIGTERM; it waits on a pipe that a signal (set_wakeup_fd, as
+        asyncio's loop does) and each worker's end write to: a signal the kernel
+        hands to another thread still wakes it."""
+        self._stop = threading.Event()
+        cls, config = self._first
+        self.output = Output(config, cls.name)
+        run: _Worker | None = None
+        try:
+            with _Wakeup(signals=self._signals) as wakeup:
+                previous = self._install_thread_signals()
+                try:
+                    module, init_and_start = self._new_module(cls, config)
+                    try:
+                        wakeup.result(_Worker(init_and_start, "ecapture-start", wakeup))
+                    except BaseException:
+                        self._retired(module)
+                        raise
+                    self._running(module, config)
+                    run = _Worker(module.run, "ecapture-run", wakeup)
+                    # Until a signal (a stop during the start: at once) or run()'s end.
+                    while not self._stop.is_set() and not run.done:
+                        wakeup.wait()
+                finally:
+                    self.state = State.STOPPING
+                    self._retire_alone(run, wakeup)
+                    self._restore_thread_signals(previous)
+        finally:
+            if self.state is not State.FAILED:
+                self.state = State.STOPPED
+            self.output.close()
+        return 0
+
+    def _retire_alone(self, run: _Worker | None, wakeup: _Wakeup) -> None:
+        """_retire() on threads."""
+        module = self.module
+        if module is None:
+            return
+        if not module.stopping:  # a second stop() would cut the drain short
+            module.stop()
+        failure: BaseException | None = None
+        if run is not None:
+            try:
+                wakeup.result(run)
+            except BaseException as error:  # closed below all the same
+                failure = error
+        try:
+            wakeup.result(_Worker(module.close, "ecapture-close", wakeup))
+        finally:
+            self._retired(module)
+            self.module = None
+        if failure is not None:
+            raise failure
+
+    def _install_thread_signals(self) -> dict[int, Any]:
+        """signal.signal() handlers (the main thread's), the previous ones returned."""
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            self.signal_stop(signum)
+
+        if not self._signals:
+            return {}
+        return {signum: signal.signal(signum, handler)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_thread_signals(previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            if handler is not None:  # None: not installed from Python; ours stays
+                signal.signal(signum, handler)
 
     # ----- requests ---------------------------------------------------------------------
 
@@ -381,6 +488,81 @@ class Controller:
         log.info("capture summary over %d reloads: %d records, %d payload bytes, %d http "
                  "exchanges; lost or cut: %s", self.reloads, counters.records,
                  counters.data_bytes, counters.http_exchanges, losses)
+
+
+class _Wakeup:
+    """What run_alone()'s main thread waits on: a pipe written by a signal
+    (signal.set_wakeup_fd, whichever thread the kernel hands it to) and by the
+    end of each worker. A signal's Python handler runs in the main thread only,
+    once it executes again: blocked in a lock (Thread.join) it may not, when
+    the kernel picks another thread for the signal."""
+
+    def __init__(self, *, signals: bool) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._signals = signals
+        self._previous = -1
+
+    def __enter__(self) -> _Wakeup:
+        if self._signals:
+            self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._signals:
+            signal.set_wakeup_fd(self._previous)
+        os.close(self._read)
+        os.close(self._write)
+
+    def wake(self) -> None:
+        # Full (a wake-up is already pending) or closed (the capture is over): no loss.
+        with contextlib.suppress(OSError):
+            os.write(self._write, b"\0")
+
+    def wait(self) -> None:
+        """Until a signal or a worker's end (or what was written before)."""
+        select.select([self._read], [], [])
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read, 512):
+                pass
+
+    def result(self, worker: _Worker) -> None:
+        """Wait for `worker` (signals handled meanwhile); raise what it raised."""
+        while not worker.done:
+            self.wait()
+        worker.raise_error()
+
+
+class _Worker:
+    """A function run in its own thread; its end wakes the main thread."""
+
+    def __init__(self, function: Callable[[], None], name: str, wakeup: _Wakeup) -> None:
+        self._function = function
+        self._wakeup = wakeup
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._function()
+        except BaseException as error:  # raised by raise_error(), in the main thread
+            self._error = error
+        finally:
+            self._done.set()
+            self._wakeup.wake()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def raise_error(self) -> None:
+        self._thread.join()  # it is past its function: at once
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def _reason(error: BaseException) -> str:
