@@ -12,6 +12,7 @@ import argparse
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ecapture.cli import ArgumentParser
@@ -161,3 +162,12 @@ def fake_parse(parser: argparse.ArgumentParser, common: dict[str, Any]) -> Any:
                "har_file": args.har, "tsize": args.tsize},
             label=args.label, fail_start=args.fail_start)
     return parse
+
+
+def config(tmp_path: Path, **fields: Any) -> FakeConfig:
+    """A FakeConfig writing JSON lines and a HAR into tmp_path."""
+    values: dict[str, Any] = {"eventaddr": str(tmp_path / "events.jsonl"),
+                              "output_format": OutputFormat.JSON,
+                              "har_file": str(tmp_path / "flows.har"), "tsize": 10}
+    values.update(fields)
+    return FakeConfig(**values)

@@ -25,13 +25,6 @@ from .server import RunningApi, api_server
 TIMEOUT = 10
 
 
-@pytest.fixture(autouse=True)
-def _fresh_fakes() -> None:
-    FakeModule.instances.clear()
-    FakeModule.calls.clear()
-    FakeModule.budget = None
-
-
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[RunningApi]:
     with api_server(tmp_path) as running:

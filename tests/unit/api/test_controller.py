@@ -12,27 +12,11 @@ from typing import Any
 import pytest
 
 from ecapture.api.controller import Controller, ReloadError, State
-from ecapture.config import OutputFormat
 from ecapture.errors import ConfigError
 
-from .fakes import FakeConfig, FakeModule, OtherModule
+from .fakes import FakeModule, OtherModule, config
 
 Scenario = Callable[[Controller], Awaitable[None]]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_fakes() -> None:
-    FakeModule.instances.clear()
-    FakeModule.calls.clear()
-    FakeModule.budget = None
-
-
-def config(tmp_path: Path, **fields: Any) -> FakeConfig:
-    values: dict[str, Any] = {"eventaddr": str(tmp_path / "events.jsonl"),
-                              "output_format": OutputFormat.JSON,
-                              "har_file": str(tmp_path / "flows.har"), "tsize": 10}
-    values.update(fields)
-    return FakeConfig(**values)
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

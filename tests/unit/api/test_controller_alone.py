@@ -9,30 +9,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ecapture.api.controller import Controller, State
-from ecapture.config import OutputFormat
 from ecapture.errors import LibraryNotFound, SinkError
 
-from .fakes import FakeConfig, FakeModule
-
-
-@pytest.fixture(autouse=True)
-def _fresh_fakes() -> None:
-    FakeModule.instances.clear()
-    FakeModule.calls.clear()
-    FakeModule.budget = None
-
-
-def config(tmp_path: Path, **fields: Any) -> FakeConfig:
-    values: dict[str, Any] = {"eventaddr": str(tmp_path / "events.jsonl"),
-                              "output_format": OutputFormat.JSON,
-                              "har_file": str(tmp_path / "flows.har"), "tsize": 10}
-    values.update(fields)
-    return FakeConfig(**values)
+from .fakes import FakeModule, config
 
 
 def when(predicate: Callable[[], bool], then: Callable[[], None]) -> threading.Thread:
